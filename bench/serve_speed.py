@@ -1,0 +1,200 @@
+"""Serving throughput and latency: 1, 4 and 8 concurrent clients split across two adapters,
+against sequential single-request generation on the same model, measured in one run.
+
+The model is the built-in smollm2-135m-instruct when it is pulled (~/.cache/loratune), else
+the tiny test Llama. Two adapters with small random LoRA weights stand in for trained ones
+(speed does not depend on what the weights learned). Every request is greedy with the same
+max_tokens; the server's answers are checked against the sequential ones, so the rows compare
+the same work. Prints a markdown table.
+
+    .venv/bin/python bench/serve_speed.py [--requests 16] [--max-tokens 48] [--model NAME_OR_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTIONS = [
+    "What is a bond?", "Why do stock prices fall when interest rates rise?", "What is a dividend?",
+    "Explain compound interest in one sentence.", "What does an index fund hold?",
+    "How many singers are older than 30? CREATE TABLE singer (name TEXT, age INTEGER)",
+    "List the names of red ships. CREATE TABLE ship (name TEXT, color TEXT)",
+    "What is the average salary per department? CREATE TABLE emp (name TEXT, dept TEXT, salary REAL)",
+    "What is inflation?", "What is a credit score used for?", "What is a mutual fund?",
+    "Count the orders placed in 2020. CREATE TABLE orders (id INTEGER, placed DATE)",
+    "What is liquidity?", "Which cities have more than 1 million people? CREATE TABLE city (name TEXT, population INTEGER)",
+    "What is a stock split?", "What is the difference between a Roth IRA and a traditional IRA?",
+]
+
+
+def pick_model(requested: str | None, workdir: Path) -> str:
+    from loratune import catalog
+
+    if requested:
+        return requested
+    if catalog.cached_model_path("smollm2-135m-instruct") is not None:
+        return "smollm2-135m-instruct"
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_models import build_tiny_llama
+
+    return str(build_tiny_llama(workdir / "tiny-llama"))
+
+
+def make_adapter(base: str, run_dir: Path, task: str, seed: int) -> Path:
+    """Random LoRA weights scaled down so answers stay fluent but differ per adapter."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from loratune.lora import default_target_modules
+    from loratune.models import load_model
+
+    loaded = load_model(base)
+    torch.manual_seed(seed)
+    model = get_peft_model(loaded.model, LoraConfig(
+        r=8, lora_alpha=16, target_modules=default_target_modules(loaded.model), init_lora_weights=False,
+        task_type=TaskType.CAUSAL_LM if loaded.kind == "causal" else TaskType.SEQ_2_SEQ_LM))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.02)
+    adapter_dir = run_dir / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    meta = {"name": run_dir.name, "task": task, "base_model": base, "base_path": loaded.path, "kind": loaded.kind,
+            "use_chat_template": None, "system_prompt": None, "max_source_tokens": 512, "max_target_tokens": 256}
+    (adapter_dir / "loratune.json").write_text(json.dumps(meta), encoding="utf-8")
+    return run_dir
+
+
+def workload(n: int) -> list[tuple[str, str]]:
+    """(adapter, message) pairs alternating between the two adapters."""
+    return [("sql" if i % 2 == 0 else "fin", QUESTIONS[i % len(QUESTIONS)]) for i in range(n)]
+
+
+def sequential_baseline(registry, requests: list[tuple[str, str]], max_tokens: int) -> tuple[list[float], int, float, list[str]]:
+    """One request at a time, straight through `model.generate` with that adapter set."""
+    from loratune.generate import _encode_batch, autocast_context, clean_output, generation_kwargs
+    from loratune.config import GenerationSettings
+    from loratune.serve.prompts import build_chat_prompt
+
+    model, tokenizer, kind = registry.model, registry.tokenizer, registry.kind
+    kwargs = generation_kwargs(GenerationSettings(max_new_tokens=max_tokens), tokenizer)
+    latencies, tokens, answers = [], 0, []
+    started = time.perf_counter()
+    for name, message in requests:
+        built = build_chat_prompt(registry.profile(name), tokenizer, kind, [{"role": "user", "content": message}])
+        t0 = time.perf_counter()
+        model.set_adapter(name)
+        inputs = _encode_batch(tokenizer, kind, [built.text], next(model.parameters()).device)
+        with torch.inference_mode(), autocast_context(model):
+            out = model.generate(**inputs, **kwargs)
+        new = out[0, inputs["input_ids"].shape[1]:] if kind == "causal" else out[0, 1:]
+        ids = new.tolist()
+        if tokenizer.eos_token_id in ids:
+            ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+        latencies.append(time.perf_counter() - t0)
+        tokens += len(ids)
+        answers.append(clean_output(tokenizer.decode(ids, skip_special_tokens=True), built.task_kind))
+    return latencies, tokens, time.perf_counter() - started, answers
+
+
+def run_clients(url: str, requests: list[tuple[str, str]], clients: int, max_tokens: int) -> tuple[list[float], int, float, list[str]]:
+    """`clients` threads share the request list; each sends its next request when the last is answered."""
+    pending = list(enumerate(requests))
+    lock = threading.Lock()
+    latencies: list[float] = []
+    answers: list[str] = [""] * len(requests)
+    tokens = [0]
+
+    def client() -> None:
+        with httpx.Client(base_url=url, timeout=600) as http:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    index, (name, message) = pending.pop(0)
+                t0 = time.perf_counter()
+                body = http.post("/v1/chat/completions", json={
+                    "model": name, "messages": [{"role": "user", "content": message}],
+                    "max_tokens": max_tokens, "temperature": 0}).raise_for_status().json()
+                elapsed = time.perf_counter() - t0
+                with lock:
+                    latencies.append(elapsed)
+                    tokens[0] += body["usage"]["completion_tokens"]
+                    answers[index] = body["choices"][0]["message"]["content"]
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return latencies, tokens[0], time.perf_counter() - started, answers
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=16, help="requests per row")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--model", default=None, help="default: smollm2-135m-instruct if pulled, else the tiny Llama")
+    args = parser.parse_args()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+    from loratune.serve.app import BackgroundServer, ServeSettings, create_app
+    from loratune.serve.registry import open_registry
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        base = pick_model(args.model, work)
+        sql = make_adapter(base, work / "sql", "sql-create-context", seed=1)
+        fin = make_adapter(base, work / "fin", "finance-alpaca", seed=2)
+        registry = open_registry(base, [f"sql={sql}", f"fin={fin}"])
+        requests = workload(args.requests)
+        device = next(registry.model.parameters()).device
+        print(f"model {base} ({registry.kind}, {device}, torch threads {torch.get_num_threads()}); "
+              f"{args.requests} requests per row, greedy, max_tokens {args.max_tokens}, two adapters\n", flush=True)
+
+        sequential_baseline(registry, requests[:2], 4)  # warm-up
+        rows = []
+        lat, tok, wall, reference = sequential_baseline(registry, requests, args.max_tokens)
+        rows.append(("sequential `generate` (no server)", 1, lat, tok, wall, True))
+        app = create_app(registry, ServeSettings(max_batch_size=8, queue_size=64))
+        with BackgroundServer(app) as server:
+            run_clients(server.url, requests[:2], 2, 4)  # warm-up
+            for clients in (1, 4, 8):
+                batches_before = app.state.batcher.batches
+                lat, tok, wall, answers = run_clients(server.url, requests, clients, args.max_tokens)
+                batches = app.state.batcher.batches - batches_before
+                rows.append((f"server, {clients} client{'s' if clients > 1 else ''} ({batches} batches)",
+                             clients, lat, tok, wall, answers == reference))
+
+    base_rate = rows[0][3] / rows[0][4]
+    print("| mode | clients | generated tokens | wall s | tokens/s | vs sequential | p50 latency s | p95 latency s | same answers |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    for mode, clients, lat, tok, wall, same in rows:
+        rate = tok / wall
+        print(f"| {mode} | {clients} | {tok} | {wall:.1f} | {rate:.1f} | {rate / base_rate:.2f}x | "
+              f"{statistics.median(lat):.2f} | {percentile(lat, 95):.2f} | {'yes' if same else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""The package's exception types.
+
+Every error a user can cause (a bad config, a missing file, a model that will not load) is a
+`LoratuneError`. The CLI prints its message as one line and exits non-zero, so messages say
+what went wrong, where (file, line, key), and how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class LoratuneError(Exception):
+    """Base class: a problem the user can act on. The CLI prints it without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(LoratuneError):
+    """Raised when a config file or a `--set` override is malformed: unknown key, wrong type,
+    value out of range. The message names the key and the file."""
+
+    exit_code = 2
+
+
+class DataError(LoratuneError):
+    """Raised when a data file cannot be read or lacks what the task needs: missing file,
+    empty file, malformed JSONL line, missing column. The message names the file and line."""
+
+
+class ModelError(LoratuneError):
+    """Raised when a model source cannot be resolved or loaded (unknown name, missing file,
+    hub unreachable)."""
+
+
+class ChecksumError(ModelError):
+    """Raised when a downloaded or cached model file does not match its recorded sha256."""
+
+
+class AdapterError(LoratuneError):
+    """Raised when an adapter or run directory is missing, incomplete or incompatible, or when
+    LoRA would train zero parameters."""
+
+
+class SqlError(LoratuneError):
+    """Raised when SQL evaluation inputs are malformed (misaligned gold and predictions,
+    missing database directory)."""
+
+
+class ServeError(LoratuneError):
+    """Raised when the server cannot start with the given adapters or options."""

@@ -1,0 +1,407 @@
+"""The run report: what was trained, how the loss moved, and whether the adapter beats the base.
+
+A run directory (`runs/<name>/`) holds files written by training and evaluation:
+config.yaml, metrics.jsonl (Trainer logs), run_summary.json, data_stats.json, metrics.json and
+predictions.jsonl. This module reads whichever exist, draws the curves (see `plots.py`) and writes
+report.md plus a self-contained report.html. A missing file becomes a sentence in the report, so a
+run that has trained but not been evaluated still gets one.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from loratune.errors import AdapterError, DataError
+from loratune.metrics import METRIC_LABELS, ROUGE_TYPES, SQL_METRICS
+from loratune.plots import plot_losses, plot_metrics, read_json, read_jsonl
+
+__all__ = ["RunFiles", "load_run", "format_metrics_tables", "plot_losses", "plot_metrics", "write_report",
+           "compare_runs"]
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "run_summary.json", "data_stats.json", "metrics.json", "predictions.jsonl")
+ROUGE_COLUMNS = tuple((key, METRIC_LABELS[key]) for key in ROUGE_TYPES)
+ALWAYS_ROWS = tuple((key, METRIC_LABELS[key]) for key in ("exact_match", "bleu", "chrf"))
+SQL_ROWS = tuple((key, METRIC_LABELS[key]) for key in SQL_METRICS)
+SAMPLE_COUNT = 10
+
+Table = tuple[list[str], list[list[str]]]
+
+
+# ---------------------------------------------------------------- reading a run directory
+
+
+@dataclass
+class RunFiles:
+    """The parsed contents of one run directory; None where a file is absent."""
+
+    path: Path
+    config: dict[str, Any] | None
+    log: list[dict[str, Any]] | None
+    summary: dict[str, Any] | None
+    data_stats: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    predictions: list[dict[str, Any]] | None
+
+    @property
+    def name(self) -> str:
+        return str((self.config or {}).get("name") or self.path.name)
+
+
+def load_run(run_dir: str | Path) -> RunFiles:
+    """Read every known file of a run directory. Raises AdapterError when the directory does
+    not exist or holds none of the run files."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise AdapterError(f"{path}: run directory not found")
+    if not any((path / name).is_file() for name in RUN_FILES):
+        raise AdapterError(
+            f"{path}: not a run directory (expected at least one of {', '.join(RUN_FILES)}); "
+            "pass a directory under runs/ written by training"
+        )
+    config = None
+    if (path / "config.yaml").is_file():
+        try:
+            config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise DataError(f"{path / 'config.yaml'}: invalid YAML: {exc}") from None
+    objects = {}
+    for name in ("run_summary.json", "data_stats.json", "metrics.json"):
+        value = read_json(path / name)
+        if value is not None and not isinstance(value, dict):
+            raise DataError(f"{path / name}: expected a JSON object, got {type(value).__name__}")
+        objects[name] = value
+    return RunFiles(
+        path=path,
+        config=config if isinstance(config, dict) else None,
+        log=read_jsonl(path / "metrics.jsonl"),
+        summary=objects["run_summary.json"],
+        data_stats=objects["data_stats.json"],
+        metrics=objects["metrics.json"],
+        predictions=read_jsonl(path / "predictions.jsonl"),
+    )
+
+
+# ---------------------------------------------------------------- metric tables
+
+
+def _num(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.4f}"
+
+
+def _interval(metrics: dict[str, Any], key: str) -> str:
+    """`+0.0500 [+0.0100, +0.0900]` from `intervals`, the bare difference when no interval."""
+    iv = (metrics.get("intervals") or {}).get(key)
+    if iv and iv.get("diff") is not None:
+        if iv.get("low") is not None and iv.get("high") is not None:
+            return f"{iv['diff']:+.4f} [{iv['low']:+.4f}, {iv['high']:+.4f}]"
+        return f"{iv['diff']:+.4f}"
+    base, lora = (metrics.get("base") or {}).get(key), (metrics.get("lora") or {}).get(key)
+    return "n/a" if base is None or lora is None else f"{lora - base:+.4f}"
+
+
+def metrics_tables(metrics: dict[str, Any]) -> tuple[Table, Table, str]:
+    """(ROUGE table, other-metrics table, one line of ROUGE intervals) as header + rows."""
+    base, lora = metrics.get("base") or {}, metrics.get("lora") or {}
+    rouge_header = [""] + [label for _, label in ROUGE_COLUMNS]
+    rouge_rows = [
+        ["LoRA Model"] + [_num(lora.get(key)) for key, _ in ROUGE_COLUMNS],
+        ["Base Model"] + [_num(base.get(key)) for key, _ in ROUGE_COLUMNS],
+    ]
+    rouge_ci = "LoRA − Base [95% CI]: " + "; ".join(
+        f"{label} {_interval(metrics, key)}" for key, label in ROUGE_COLUMNS
+    )
+    rows = [[label, _num(lora.get(key)), _num(base.get(key)), _interval(metrics, key)] for key, label in ALWAYS_ROWS]
+    for key, label in SQL_ROWS:  # SQL metrics only where the task produced them
+        if lora.get(key) is not None or base.get(key) is not None:
+            rows.append([label, _num(lora.get(key)), _num(base.get(key)), _interval(metrics, key)])
+    return (rouge_header, rouge_rows), (["Metric", "LoRA", "Base", "LoRA − Base [95% CI]"], rows), rouge_ci
+
+
+def _md_cell(text: str) -> str:
+    # Escape HTML too: markdown viewers render raw tags, and predictions are untrusted text.
+    text = html.escape(str(text), quote=False).replace("|", "\\|")
+    return text.replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    # An empty header cell renders as `||`, the shape of the original's ROUGE table.
+    lines = ["|" + "|".join(f" {_md_cell(c)} " if c else "" for c in header) + "|"]
+    lines.append("|" + "|".join("---" for _ in header) + "|")
+    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_metrics_tables(metrics: dict[str, Any]) -> str:
+    """Markdown: the original's ROUGE table (LoRA and Base rows, 4 decimals), its intervals, then
+    exact match / BLEU / chrF / SQL metrics with LoRA − Base and the 95% bootstrap interval."""
+    rouge, others, rouge_ci = metrics_tables(metrics)
+    parts = [_md_table(*rouge), "", rouge_ci, "", _md_table(*others)]
+    if metrics.get("n") is not None:
+        parts.insert(0, f"Held-out examples: {metrics['n']}\n")
+    return "\n".join(parts) + "\n"
+
+
+# ---------------------------------------------------------------- the report's content
+
+Block = tuple[Any, ...]
+
+
+def _shorten(text: str, limit: int) -> str:
+    """Keep the head and the tail of a long text, cut at spaces: prompts put the instruction or
+    schema first and the question last, and both matter for reading a prediction."""
+    if len(text) <= limit:
+        return text
+    keep = limit // 2
+    head, tail = text[:keep], text[-keep:]
+    head = head.rsplit(None, 1)[0] if any(c.isspace() for c in head[keep // 2 :]) else head
+    tail = tail.split(None, 1)[-1] if any(c.isspace() for c in tail[: keep // 2]) else tail
+    omitted = len(text) - len(head) - len(tail)
+    return f"{head.rstrip()}\n… [{omitted:,} characters omitted] …\n{tail.lstrip()}"
+
+
+def _as_text(value: Any) -> str:
+    """A prediction-file field as text; chat prompts (lists of messages) become `role: content`."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return "\n".join(
+            f"{m.get('role', '?')}: {m.get('content', '')}" if isinstance(m, dict) else str(m) for m in value
+        )
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
+
+
+def _missing(run: RunFiles, name: str, why: str) -> Block:
+    return ("p", f"Not available: {run.path / name} not found ({why}).")
+
+
+def _settings_line(config: dict[str, Any]) -> str:
+    lora, train, data = config.get("lora") or {}, config.get("train") or {}, config.get("data") or {}
+    targets = lora.get("target_modules")
+    return (
+        f"LoRA r={lora.get('r')}, alpha={lora.get('alpha')}, dropout={lora.get('dropout')}, "
+        f"target modules={', '.join(targets) if targets else 'per-architecture default'}; "
+        f"epochs={train.get('epochs')}, max steps={train.get('max_steps')}, lr={train.get('lr')} "
+        f"({train.get('scheduler')}), batch size={train.get('batch_size')} × grad accum {train.get('grad_accum')}, "
+        f"seed={train.get('seed')}; max tokens source/target={data.get('max_source_tokens')}/"
+        f"{data.get('max_target_tokens')} ({data.get('length_policy')})"
+    )
+
+
+def _data_table(stats: dict[str, Any]) -> Table:
+    def lengths(d: dict[str, Any] | None) -> str:
+        d = d or {}
+        return " / ".join("n/a" if d.get(k) is None else f"{d[k]:,.0f}" for k in ("min", "mean", "p50", "p95", "max"))
+
+    header = ["Split", "Rows", "Truncated", "Dropped", "Source tokens (min / mean / p50 / p95 / max)",
+              "Target tokens (min / mean / p50 / p95 / max)"]
+    rows = []
+    for split in ("train", "eval"):
+        s = stats.get(split)
+        if isinstance(s, dict):
+            rows.append([split, f"{s.get('rows', 'n/a')}", f"{s.get('truncated', 'n/a')}", f"{s.get('dropped', 'n/a')}",
+                         lengths(s.get("source_tokens")), lengths(s.get("target_tokens"))])
+    return header, rows
+
+
+def _training_items(summary: dict[str, Any]) -> list[str]:
+    items = [str(summary[k]) for k in ("trainable_line", "memory_line") if summary.get(k)]
+    if summary.get("wall_time_s") is not None:
+        speed = f", {summary['tokens_per_s']:,.1f} tokens/s" if summary.get("tokens_per_s") is not None else ""
+        tokens = f" over {summary['train_tokens']:,} training tokens" if summary.get("train_tokens") is not None else ""
+        items.append(f"Wall time {_duration(summary['wall_time_s'])}{speed}{tokens}")
+    start, end = summary.get("eval_loss_start"), summary.get("eval_loss_end")
+    if start is not None or end is not None:
+        change = f" ({(end - start) / start:+.1%})" if start and end is not None else ""
+        items.append(f"Eval loss {_num(start)} → {_num(end)}{change}")
+    items.append(f"Precision: {summary.get('precision', 'n/a')}; "
+                 f"started from adapter: {summary.get('init_adapter') or 'none (fresh LoRA weights)'}")
+    return items
+
+
+def _samples_table(predictions: list[dict[str, Any]]) -> Table:
+    rows = []
+    for i, row in enumerate(predictions[:SAMPLE_COUNT], start=1):
+        prompt = row.get("prompt", row.get("input", row.get("question")))
+        rows.append([str(i), _shorten(_as_text(prompt), 700)]
+                    + [_shorten(_as_text(row.get(k)), 600) for k in ("reference", "base", "lora")])
+    return ["#", "Prompt", "Reference", "Base", "LoRA"], rows
+
+
+def report_blocks(run: RunFiles, images: dict[str, Path]) -> list[Block]:
+    """The report as a list of blocks (heading, paragraph, list, table, image), rendered to both
+    markdown and HTML so the two files always say the same thing."""
+    summary, config, metrics = run.summary or {}, run.config or {}, run.metrics or {}
+    model = summary.get("model") or metrics.get("model") or config.get("model") or "unknown"
+    task = summary.get("task") or metrics.get("task") or config.get("task") or "unknown"
+    kind = f" ({summary['kind']})" if summary.get("kind") else ""
+    blocks: list[Block] = [("h1", f"LoRA run report: {run.name}"), ("p", f"Model: {model}{kind}. Task: {task}.")]
+    if config:
+        blocks.append(("p", "Settings: " + _settings_line(config)))
+
+    blocks.append(("h2", "Data"))
+    if run.data_stats:
+        blocks.append(("table", _data_table(run.data_stats)))
+    else:
+        blocks.append(_missing(run, "data_stats.json", "written when training tokenizes the data"))
+
+    blocks.append(("h2", "Training"))
+    if run.summary:
+        blocks.append(("list", _training_items(summary)))
+    else:
+        blocks.append(_missing(run, "run_summary.json", "written when training finishes"))
+    for name, alt in (("train_loss.png", "Training loss"), ("eval_loss.png", "Evaluation loss")):
+        if name in images:
+            blocks.append(("img", images[name], alt))
+    if run.log is None:
+        blocks.append(_missing(run, "metrics.jsonl", "the Trainer log; no loss curves without it"))
+
+    blocks.append(("h2", "Base vs LoRA"))
+    if run.metrics:
+        rouge, others, rouge_ci = metrics_tables(run.metrics)
+        if run.metrics.get("n") is not None:
+            blocks.append(("p", f"Held-out examples: {run.metrics['n']}. Intervals: paired bootstrap, 95%."))
+        blocks += [("table", rouge), ("p", rouge_ci), ("table", others)]
+        if "metrics.png" in images:
+            blocks.append(("img", images["metrics.png"], "Base vs LoRA metrics"))
+    else:
+        blocks.append(_missing(run, "metrics.json", "the run has not been evaluated yet"))
+
+    blocks.append(("h2", "Sample predictions"))
+    if run.predictions:
+        blocks.append(("samples", _samples_table(run.predictions)))
+    else:
+        blocks.append(_missing(run, "predictions.jsonl", "written by evaluation"))
+    return blocks
+
+
+def render_markdown(blocks: list[Block], run_dir: Path) -> str:
+    """Markdown with images linked relative to the run directory (report.md sits there)."""
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2"):
+            out.append(("#" if kind == "h1" else "##") + " " + html.escape(block[1], quote=False))
+        elif kind == "p":
+            out.append(html.escape(block[1], quote=False))
+        elif kind == "list":
+            out.append("\n".join("- " + html.escape(item, quote=False) for item in block[1]))
+        elif kind in ("table", "samples"):
+            out.append(_md_table(*block[1]))
+        elif kind == "img":
+            out.append(f"![{block[2]}]({block[1].relative_to(run_dir).as_posix()})")
+    return "\n\n".join(out) + "\n"
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: .8em 0; }
+th, td { border: 1px solid #ccc; padding: .35em .6em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+table.samples td { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: .8em;
+                   max-width: 22em; overflow-wrap: anywhere; }
+img { max-width: 100%; display: block; margin: .8em 0; }
+"""
+
+
+def _html_table(table: Table, css_class: str = "") -> str:
+    header, rows = table
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+
+    def cell(c: str) -> str:
+        numeric = css_class != "samples" and c[:1] != "" and c[:1] in "+-0123456789"
+        attr = ' class="num"' if numeric else ""
+        return f"<td{attr}>{html.escape(c)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(c) for c in row) + "</tr>" for row in rows)
+    cls = f' class="{css_class}"' if css_class else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(blocks: list[Block], title: str) -> str:
+    """One HTML file with inline CSS and images as base64 data URIs; every text is escaped."""
+    out = []
+    for block in blocks:
+        kind = block[0]
+        if kind in ("h1", "h2", "p"):
+            out.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
+        elif kind == "list":
+            out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in block[1]) + "</ul>")
+        elif kind in ("table", "samples"):
+            out.append(_html_table(block[1], "samples" if kind == "samples" else ""))
+        elif kind == "img":
+            data = base64.b64encode(block[1].read_bytes()).decode("ascii")
+            out.append(f'<img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">')
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)} — LoRA run report</title><style>{_CSS}</style></head>\n"
+        f"<body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def write_report(run_dir: str | Path) -> tuple[Path, Path]:
+    """Write report.md and a self-contained report.html (images inlined) into the run directory:
+    model, data, parameters, speed, loss curves, metric tables with intervals, sample predictions."""
+    run = load_run(run_dir)
+    images = {p.name: p for p in plot_losses(run.path)}
+    metrics_png = plot_metrics(run.path)
+    if metrics_png is not None:
+        images[metrics_png.name] = metrics_png
+    blocks = report_blocks(run, images)
+    md_path, html_path = run.path / "report.md", run.path / "report.html"
+    md_path.write_text(render_markdown(blocks, run.path), encoding="utf-8")
+    html_path.write_text(render_html(blocks, run.name), encoding="utf-8")
+    return md_path, html_path
+
+
+def _pair(metrics: dict[str, Any], key: str) -> str:
+    """`LoRA / Base (+diff)` for one metric of one run."""
+    lora, base = (metrics.get("lora") or {}).get(key), (metrics.get("base") or {}).get(key)
+    if lora is None and base is None:
+        return "n/a"
+    diff = f" ({lora - base:+.4f})" if lora is not None and base is not None else ""
+    return f"{_num(lora)} / {_num(base)}{diff}"
+
+
+def compare_runs(run_dirs: list[Path]) -> str:
+    """One markdown table across runs: model, task, rows, LoRA / Base for ROUGE-L, exact match
+    (and execution accuracy when any run has it), final eval loss. A directory that is not a run
+    raises AdapterError naming it."""
+    runs = [load_run(d) for d in run_dirs]
+    if not runs:
+        raise AdapterError("compare: no run directories given; pass one or more directories under runs/")
+    with_exec = any(((r.metrics or {}).get(s) or {}).get("execution_accuracy") is not None
+                    for r in runs for s in ("base", "lora"))
+    header = ["Run", "Model", "Task", "Train rows", "Eval examples", "ROUGE-L (LoRA / Base)",
+              "Exact match (LoRA / Base)"]
+    header += ["Execution accuracy (LoRA / Base)"] if with_exec else []
+    header += ["Eval loss end"]
+    rows = []
+    for run in runs:
+        summary, config, metrics = run.summary or {}, run.config or {}, run.metrics or {}
+        train_rows = summary.get("train_rows", ((run.data_stats or {}).get("train") or {}).get("rows"))
+        row = [run.name, str(summary.get("model") or metrics.get("model") or config.get("model") or "n/a"),
+               str(summary.get("task") or metrics.get("task") or config.get("task") or "n/a"),
+               "n/a" if train_rows is None else f"{train_rows:,}",
+               "n/a" if metrics.get("n") is None else str(metrics["n"]),
+               _pair(metrics, "rougeL"), _pair(metrics, "exact_match")]
+        row += [_pair(metrics, "execution_accuracy")] if with_exec else []
+        row += [_num(summary.get("eval_loss_end"))]
+        rows.append(row)
+    return _md_table(header, rows) + "\n"

@@ -1,0 +1,262 @@
+"""The served models: one base model loaded once, and any number of LoRA adapters on top.
+
+Adapters live side by side in one peft model (`load_adapter` / `delete_adapter`), so serving
+ten adapters costs one base model plus ten small sets of LoRA weights. `base` names the model
+without any adapter. A lock serialises generation with loading and unloading, because peft
+changes the model's modules in place.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loratune.errors import LoratuneError, ServeError
+from loratune.serve.batching import BASE_ADAPTER, Job, run_batch
+from loratune.serve.prompts import PromptProfile, base_profile, context_limit, profile_from_meta
+from loratune.serve.schemas import ADAPTER_NAME_PATTERN
+
+BASE_NAME = "base"
+"""The model name that means "no adapter"."""
+
+RESERVED_NAMES = {BASE_NAME, BASE_ADAPTER}
+
+
+class AdapterExists(ServeError):
+    """Raised when an adapter is loaded under a name already in use (HTTP 409)."""
+
+
+@dataclass
+class AdapterEntry:
+    name: str
+    adapter_dir: Path
+    meta: dict[str, Any]
+    profile: PromptProfile
+    created: int
+
+
+def parse_adapter_spec(spec: str) -> tuple[str, str]:
+    """`NAME=RUN_DIR` -> (name, run_dir); a malformed spec is a ServeError naming it."""
+    import re
+
+    name, sep, path = spec.partition("=")
+    name, path = name.strip(), path.strip()
+    if not sep or not name or not path:
+        raise ServeError(f"--adapter {spec!r}: expected NAME=RUN_DIR, e.g. --adapter sql=runs/sql1")
+    if not re.match(ADAPTER_NAME_PATTERN, name) or name in RESERVED_NAMES:
+        raise ServeError(
+            f"--adapter {spec!r}: adapter names use letters, digits, '-' and '_' (at most 64) "
+            f"and cannot be {BASE_NAME!r}"
+        )
+    return name, path
+
+
+def _adapter_files(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(adapter dir, loratune meta, peft adapter_config) for a run or adapter directory."""
+    from loratune.lora import read_adapter_meta, resolve_adapter_dir
+
+    adapter_dir = resolve_adapter_dir(path)
+    try:
+        peft_config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        meta = read_adapter_meta(adapter_dir)
+    except (OSError, ValueError) as exc:
+        raise ServeError(f"{adapter_dir}: unreadable adapter files: {exc}") from None
+    return adapter_dir, meta, peft_config
+
+
+def _base_identities(*sources: str | None) -> set[str]:
+    """Comparable names for a base model: the source strings and the directories they resolve to."""
+    from loratune import catalog
+
+    out: set[str] = set()
+    for source in sources:
+        if not source:
+            continue
+        out.add(str(source))
+        path = Path(source).expanduser()
+        if source in catalog.CATALOG:
+            cached = catalog.cached_model_path(source)
+            if cached is not None:
+                out.add(str(Path(cached).resolve()))
+        elif path.exists():
+            out.add(str(path.resolve()))
+    return out
+
+
+def adapter_base(meta: dict[str, Any], peft_config: dict[str, Any]) -> str | None:
+    """The base model an adapter was trained on, as it recorded it."""
+    return meta.get("base_model") or peft_config.get("base_model_name_or_path")
+
+
+class ModelRegistry:
+    """The base model plus named adapters; all generation goes through `run_jobs`."""
+
+    def __init__(self, loaded: Any, *, max_context: int | None = None) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.model.eval()
+        self.tokenizer = loaded.tokenizer
+        self.kind: str = loaded.kind
+        self.base_source: str = loaded.source
+        self.base_profile = base_profile(self.tokenizer, self.kind)
+        self.context = context_limit(self.model, self.tokenizer, max_context)
+        self.adapters: dict[str, AdapterEntry] = {}
+        self.created = int(time.time())
+        self.lock = threading.RLock()
+        self._base_ids = _base_identities(loaded.source, loaded.path)
+
+    # ------------------------------------------------------------ names
+
+    def names(self) -> list[str]:
+        return [BASE_NAME, *self.adapters]
+
+    def resolve_name(self, model: str) -> str | None:
+        """The served name for a request's `model` (the base's own source also means `base`)."""
+        if model in self.adapters or model == BASE_NAME:
+            return model
+        if model in (self.base_source, self.loaded.path):
+            return BASE_NAME
+        return None
+
+    def profile(self, name: str) -> PromptProfile:
+        return self.base_profile if name == BASE_NAME else self.adapters[name].profile
+
+    # ------------------------------------------------------------ loading
+
+    def check_base(self, name: str, meta: dict[str, Any], peft_config: dict[str, Any]) -> None:
+        """An adapter must have been trained on this server's base model."""
+        recorded = _base_identities(meta.get("base_model"), meta.get("base_path"), peft_config.get("base_model_name_or_path"))
+        if recorded and not recorded & self._base_ids:
+            raise ServeError(
+                f"adapter {name!r} was trained on {adapter_base(meta, peft_config)!r} but this server's base "
+                f"model is {self.base_source!r}; serve it from its own base (loratune serve --base ...)"
+            )
+        if meta.get("kind") and meta["kind"] != self.kind:
+            raise ServeError(f"adapter {name!r} is for a {meta['kind']} model but the base is {self.kind}")
+
+    def load_adapter(self, name: str, path: str | Path) -> AdapterEntry:
+        """Load the adapter at `path` (run or adapter directory) under `name`."""
+        from peft import PeftModel
+
+        if name in RESERVED_NAMES:
+            raise ServeError(f"{name!r} is reserved for the base model; choose another adapter name")
+        adapter_dir, meta, peft_config = _adapter_files(path)
+        self.check_base(name, meta, peft_config)
+        with self.lock:
+            if name in self.adapters:
+                raise AdapterExists(f"an adapter named {name!r} is already loaded; unload it first")
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(adapter_dir), adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
+            except Exception as exc:  # peft raises ValueError/KeyError/RuntimeError on mismatches
+                raise ServeError(f"adapter {name!r} ({adapter_dir}) does not fit the base model: {exc}") from None
+            self.model.eval()
+            entry = AdapterEntry(
+                name, adapter_dir, meta, profile_from_meta(meta, self.tokenizer, self.kind), int(time.time())
+            )
+            self.adapters[name] = entry
+        return entry
+
+    def unload_adapter(self, name: str) -> None:
+        """Remove an adapter; removing the last one gives back the plain base model."""
+        with self.lock:
+            if name not in self.adapters:
+                raise ServeError(f"no adapter named {name!r} is loaded")
+            if len(self.adapters) == 1:
+                # peft cannot run a PeftModel with no adapter left, so unwrap it instead.
+                self.model = self.model.unload()
+                self.model.eval()
+            else:
+                self.model.delete_adapter(name)
+            del self.adapters[name]
+
+    # ------------------------------------------------------------ generation
+
+    def mixed_batching(self) -> bool:
+        """Whether peft can run several adapters in one batch (`adapter_names`); DoRA cannot."""
+        from peft import PeftModel, PeftType
+
+        if not isinstance(self.model, PeftModel):
+            return True
+        return all(
+            config.peft_type == PeftType.LORA and not getattr(config, "use_dora", False)
+            for config in self.model.peft_config.values()
+        )
+
+    def run_jobs(self, jobs: list[Job]) -> None:
+        """Generate a batch of jobs (`job.adapter` is a served name) under the model lock."""
+        from peft import PeftModel
+
+        with self.lock:
+            ready = []
+            for job in jobs:
+                if job.adapter != BASE_NAME and job.adapter not in self.adapters:
+                    job.fail(f"model {job.adapter!r} was unloaded before its request ran", status=404)
+                else:
+                    ready.append(job)
+            if not ready:
+                return
+            names = [BASE_ADAPTER if job.adapter == BASE_NAME else job.adapter for job in ready]
+            for job, name in zip(ready, names):
+                job.adapter = name
+            try:
+                if not isinstance(self.model, PeftModel):
+                    run_batch(self.model, self.tokenizer, self.kind, ready, adapter_names=False)
+                elif self.mixed_batching():
+                    run_batch(self.model, self.tokenizer, self.kind, ready, adapter_names=True)
+                elif names[0] == BASE_ADAPTER:
+                    with self.model.disable_adapter():
+                        run_batch(self.model, self.tokenizer, self.kind, ready, adapter_names=False)
+                else:
+                    self.model.set_adapter(names[0])
+                    run_batch(self.model, self.tokenizer, self.kind, ready, adapter_names=False)
+            finally:
+                for job, name in zip(ready, names):
+                    job.adapter = BASE_NAME if name == BASE_ADAPTER else name
+
+
+def open_registry(base: str | None, adapter_specs: list[str], *, max_context: int | None = None) -> ModelRegistry:
+    """Load the base model once and every `NAME=RUN_DIR` adapter on it (startup of serve/chat).
+
+    Without `base`, the adapters' recorded base model is used; adapters recorded on different
+    bases are a ServeError, since one server holds one base.
+    """
+    from loratune.models import load_model
+
+    specs = [parse_adapter_spec(spec) for spec in adapter_specs]
+    seen: set[str] = set()
+    found: list[tuple[str, Path, dict[str, Any], dict[str, Any]]] = []
+    for name, path in specs:
+        if name in seen:
+            raise ServeError(f"--adapter {name}=...: the name {name!r} is given twice")
+        seen.add(name)
+        try:
+            found.append((name, *_adapter_files(path)))
+        except LoratuneError as exc:
+            raise ServeError(f"--adapter {name}={path}: {exc}") from None
+
+    if base is None:
+        bases = {name: adapter_base(meta, cfg) for name, _, meta, cfg in found}
+        if not found:
+            raise ServeError("nothing to serve: pass --base MODEL and/or --adapter NAME=RUN_DIR")
+        missing = [name for name, b in bases.items() if not b]
+        if missing:
+            raise ServeError(f"adapter {missing[0]!r} does not record its base model; pass --base MODEL")
+        first_name, first = next(iter(bases.items()))
+        for name, other in bases.items():
+            if not _base_identities(other) & _base_identities(first):
+                raise ServeError(
+                    f"adapters {first_name!r} and {name!r} were trained on different base models "
+                    f"({first!r} and {other!r}); one server serves one base, so start one server per base"
+                )
+        base = first
+    registry = ModelRegistry(load_model(base), max_context=max_context)
+    for name, adapter_dir, _, _ in found:
+        registry.load_adapter(name, adapter_dir)
+    return registry

@@ -1,0 +1,74 @@
+"""Evaluation end to end on tiny models: files, keys, tables, SQL metrics."""
+
+import json
+
+import pytest
+
+from loratune.config import config_from_dict
+from loratune.errors import AdapterError
+from loratune.evaluate import evaluate_run
+from loratune.train import train_run
+
+SQL_ROWS = [
+    {"question": "How many singers are there?", "context": "CREATE TABLE singer (name VARCHAR, age INTEGER)",
+     "answer": "SELECT COUNT(*) FROM singer"},
+    {"question": "List singer names older than 30.", "context": "CREATE TABLE singer (name VARCHAR, age INTEGER)",
+     "answer": "SELECT name FROM singer WHERE age > 30"},
+    {"question": "What is the oldest age?", "context": "CREATE TABLE singer (name VARCHAR, age INTEGER)",
+     "answer": "SELECT MAX(age) FROM singer"},
+]
+
+
+@pytest.fixture(scope="module")
+def sql_run(tmp_path_factory, tiny_llama_dir):
+    tmp = tmp_path_factory.mktemp("evalrun")
+    data = tmp / "sql.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in SQL_ROWS * 4))
+    cfg = config_from_dict({
+        "name": "sql", "model": str(tiny_llama_dir), "task": "sql-create-context", "output_dir": str(tmp / "runs"),
+        "data": {"train": str(data), "eval": str(data), "max_eval_rows": 3},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {"max_steps": 40, "lr": 2e-2, "batch_size": 6, "warmup_ratio": 0.0, "eval_steps": 20},
+        "eval": {"limit": 3, "generation": {"max_new_tokens": 48}, "bootstrap_samples": 200},
+    })
+    return train_run(cfg, log=lambda *_: None).run_dir
+
+
+def test_eval_writes_predictions_metrics_and_tables(sql_run, tmp_path):
+    lines = []
+    metrics = evaluate_run(sql_run, log=lines.append)
+    assert metrics["n"] == 3
+    for side in ("base", "lora"):
+        for key in ("rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match", "bleu", "chrf",
+                    "sql_valid", "sql_exact_match", "execution_accuracy"):
+            assert 0.0 <= metrics[side][key] <= 1.0, (side, key)
+        assert metrics[side]["execution_accuracy_real_db"] is None  # no databases configured
+    saved = json.loads((sql_run / "metrics.json").read_text())
+    assert saved["base"] == metrics["base"] and saved["lora"] == metrics["lora"]
+    rows = [json.loads(line) for line in (sql_run / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and set(rows[0]) >= {"prompt", "reference", "base", "lora"}
+    assert rows[0]["reference"] in {r["answer"] for r in SQL_ROWS}
+    table = (sql_run / "metrics.md").read_text()
+    assert "|| Rouge-1 | Rouge-2 | Rouge-L | Rouge-Lsum |" in table
+    assert "| LoRA Model |" in table and "| Base Model |" in table
+    assert "Execution accuracy" in table
+    assert any("Rouge-1" in line for line in lines)
+    # the trained adapter memorised these rows, so it must beat the untrained base
+    assert metrics["lora"]["rougeL"] > metrics["base"]["rougeL"]
+    assert "execution_accuracy" in metrics["intervals"]
+    interval = metrics["intervals"]["rougeL"]
+    assert interval["low"] <= interval["diff"] <= interval["high"]
+
+
+def test_eval_output_dir_and_other_file(sql_run, tmp_path):
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps(SQL_ROWS[0]) + "\n")
+    metrics = evaluate_run(sql_run, overrides=[f"data.eval={other}"], output_dir=tmp_path / "out",
+                           log=lambda *_: None)
+    assert metrics["n"] == 1
+    assert (tmp_path / "out" / "metrics.json").is_file()
+
+
+def test_eval_of_a_non_run(tmp_path):
+    with pytest.raises(AdapterError, match="not a run directory"):
+        evaluate_run(tmp_path)

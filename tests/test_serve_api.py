@@ -1,0 +1,232 @@
+"""The server through the official `openai` client: a real uvicorn server on 127.0.0.1, a tiny
+Llama with two LoRA adapters (and a tiny T5 with one), outputs checked against offline generation."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import openai
+import pytest
+import torch
+
+from loratune.config import DataConfig, GenerationSettings
+from loratune.data import eval_prompts
+from loratune.generate import generate_texts
+from loratune.models import load_model
+from loratune.serve.app import BackgroundServer, ServeSettings, create_app
+from loratune.serve.registry import open_registry
+from loratune.tasks import get_task
+
+SQL_MESSAGE = "How many singers are older than 30? CREATE TABLE singer (name TEXT, age INTEGER)"
+FIN_MESSAGE = "What is a bond?"
+
+
+def make_adapter_run(base_dir: Path, run_dir: Path, *, task: str | None, seed: int,
+                     max_source_tokens: int = 512, lora_alpha: int = 64) -> Path:
+    """A run directory like `loratune train` writes, with random (non-zero) LoRA weights, so
+    each adapter changes the model's outputs in its own way."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    loaded = load_model(str(base_dir))
+    causal = loaded.kind == "causal"
+    torch.manual_seed(seed)
+    model = get_peft_model(loaded.model, LoraConfig(
+        r=4, lora_alpha=lora_alpha, target_modules=["q_proj", "v_proj"] if causal else ["q", "v"],
+        init_lora_weights=False, task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_2_SEQ_LM,
+    ))
+    adapter_dir = run_dir / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    loaded.tokenizer.save_pretrained(str(adapter_dir))
+    meta = {
+        "name": run_dir.name, "task": task, "base_model": str(base_dir), "base_path": str(base_dir),
+        "kind": loaded.kind, "use_chat_template": None, "system_prompt": None,
+        "max_source_tokens": max_source_tokens, "max_target_tokens": 64, "init_adapter": None,
+    }
+    (adapter_dir / "loratune.json").write_text(json.dumps(meta), encoding="utf-8")
+    return run_dir
+
+
+def offline_answers(base_dir: Path, run_dir: Path | None, prompts: list[str], max_new_tokens: int,
+                    task_kind: str = "text") -> list[str]:
+    """Greedy answers from a freshly loaded base (+ one adapter), one prompt at a time."""
+    from peft import PeftModel
+
+    loaded = load_model(str(base_dir))
+    model = loaded.model if run_dir is None else PeftModel.from_pretrained(loaded.model, str(run_dir / "adapter"))
+    return generate_texts(model, loaded.tokenizer, loaded.kind, prompts, GenerationSettings(max_new_tokens=max_new_tokens),
+                          batch_size=1, task_kind=task_kind)
+
+
+def training_prompt(base_dir: Path, task_name: str, message: str, max_source_tokens: int = 512) -> str:
+    """The prompt training and evaluation build for a row made from a chat message."""
+    task = get_task(task_name)
+    loaded = load_model(str(base_dir))
+    cfg = DataConfig(max_source_tokens=max_source_tokens)
+    return eval_prompts([task.row_from_message(message)], task, loaded.tokenizer, loaded.kind, cfg)[0]
+
+
+def client_for(url: str, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    runs = tmp_path_factory.mktemp("serve-runs")
+    sql = make_adapter_run(tiny_llama_dir, runs / "sql1", task="sql-create-context", seed=1, max_source_tokens=256)
+    fin = make_adapter_run(tiny_llama_dir, runs / "fin1", task="finance-alpaca", seed=2)
+    registry = open_registry(None, [f"sql={sql}", f"fin={fin}"])
+    app = create_app(registry, ServeSettings(batch_wait_s=0.05))
+    with BackgroundServer(app) as server:
+        yield SimpleNamespace(url=server.url, app=app, base=tiny_llama_dir, runs={"sql": sql, "fin": fin},
+                              client=client_for(server.url))
+
+
+def chat(client: openai.OpenAI, model: str, message: str, max_tokens: int = 24, **kwargs):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": message}],
+                                          max_tokens=max_tokens, temperature=0, **kwargs)
+
+
+def test_models_list(llama):
+    models = llama.client.models.list().data
+    assert [m.id for m in models] == ["base", "sql", "fin"]
+    cards = {m.id: m for m in models}
+    assert cards["sql"].task == "sql-create-context" and cards["sql"].task_kind == "sql"
+    assert cards["fin"].task == "finance-alpaca" and cards["fin"].multi_turn is False
+    assert cards["base"].multi_turn is True  # the tiny Llama has a chat template
+
+
+def test_chat_equals_offline_generation_per_adapter(llama):
+    sql = chat(llama.client, "sql", SQL_MESSAGE)
+    fin = chat(llama.client, "fin", FIN_MESSAGE)
+    base = chat(llama.client, "base", FIN_MESSAGE)
+
+    sql_prompt = training_prompt(llama.base, "sql-create-context", SQL_MESSAGE, max_source_tokens=256)
+    fin_prompt = training_prompt(llama.base, "finance-alpaca", FIN_MESSAGE)
+    assert "Question: How many singers are older than 30?" in sql_prompt and "<|im_start|>user" in sql_prompt
+    base_prompt = load_model(str(llama.base)).tokenizer.apply_chat_template(
+        [{"role": "user", "content": FIN_MESSAGE}], tokenize=False, add_generation_prompt=True)
+    assert sql.choices[0].message.content == offline_answers(llama.base, llama.runs["sql"], [sql_prompt], 24, "sql")[0]
+    assert fin.choices[0].message.content == offline_answers(llama.base, llama.runs["fin"], [fin_prompt], 24)[0]
+    assert base.choices[0].message.content == offline_answers(llama.base, None, [base_prompt], 24)[0]
+    # The adapters really change the model: three different answers to comparable prompts.
+    raw = [chat(llama.client, m, FIN_MESSAGE).choices[0].message.content for m in ("base", "sql", "fin")]
+    assert len(set(raw)) == 3
+    assert fin.usage.prompt_tokens == len(load_model(str(llama.base)).tokenizer(fin_prompt)["input_ids"])
+    assert fin.usage.completion_tokens == 24 and fin.choices[0].finish_reason == "length"
+
+
+def test_completions_equal_offline_generation(llama):
+    prompt = "The bond market"
+    for model, run in (("fin", llama.runs["fin"]), ("base", None)):
+        result = llama.client.completions.create(model=model, prompt=prompt, max_tokens=20, temperature=0)
+        assert result.object == "text_completion"
+        assert result.choices[0].text.strip() == offline_answers(llama.base, run, [prompt], 20)[0]
+        assert result.usage.completion_tokens == 20
+
+
+def test_streaming_chat_and_completion(llama):
+    whole = chat(llama.client, "fin", FIN_MESSAGE, max_tokens=30).choices[0].message.content
+    chunks = list(chat(llama.client, "fin", FIN_MESSAGE, max_tokens=30, stream=True,
+                       stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) > 1 and "".join(pieces) == whole
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 30
+    assert all(c.object == "chat.completion.chunk" and c.id == chunks[0].id for c in chunks)
+
+    text = llama.client.completions.create(model="sql", prompt="SELECT", max_tokens=16, temperature=0).choices[0].text
+    streamed = list(llama.client.completions.create(model="sql", prompt="SELECT", max_tokens=16, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == text
+    assert streamed[-1].choices[0].finish_reason == "length"
+
+
+def test_stop_sequence_cuts_the_answer(llama):
+    def complete(**kwargs):
+        return llama.client.completions.create(model="fin", prompt="The bond market", max_tokens=20, temperature=0, **kwargs)
+
+    full = complete().choices[0].text
+    # A character that first appears after the start, so the cut is not empty.
+    k = next(i for i in range(1, len(full)) if full.find(full[i]) == i and full[i] != "\ufffd")
+    cut = complete(stop=["#never#", full[k]])
+    assert cut.choices[0].text == full[:k] and cut.choices[0].finish_reason == "stop"
+    streamed = list(complete(stop=full[k], stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == full[:k]
+    assert streamed[-1].choices[0].finish_reason == "stop"
+
+
+def test_truncated_prompt_is_reported(llama):
+    long_message = "How many singers are there? " * 10 + "CREATE TABLE singer (name TEXT, age INTEGER)"
+    result = chat(llama.client, "sql", long_message)
+    assert any("truncated to 256 tokens" in w for w in result.warnings)
+    expected_prompt = training_prompt(llama.base, "sql-create-context", long_message, max_source_tokens=256)
+    assert result.choices[0].message.content == offline_answers(
+        llama.base, llama.runs["sql"], [expected_prompt], 24, "sql")[0]
+    assert not getattr(chat(llama.client, "sql", SQL_MESSAGE), "warnings", None)
+
+
+def test_concurrent_requests_equal_sequential_ones(llama):
+    requests = [(model, f"{FIN_MESSAGE} #{i}" if model != "sql" else f"{SQL_MESSAGE} -- {i}")
+                for i, model in enumerate(["sql", "fin", "sql", "fin", "base", "sql", "fin", "fin"])]
+    sequential = [chat(llama.client, m, text).choices[0].message.content for m, text in requests]
+    batcher = llama.app.state.batcher
+    before = batcher.batches
+    with ThreadPoolExecutor(len(requests)) as pool:
+        concurrent = list(pool.map(lambda r: chat(llama.client, *r).choices[0].message.content, requests))
+    assert concurrent == sequential
+    # Requests for different adapters shared forward passes: fewer batches than requests.
+    assert batcher.batches - before < len(requests)
+
+
+def test_health_answers_during_a_long_generation(llama):
+    stream = chat(llama.client, "fin", FIN_MESSAGE, max_tokens=460, stream=True)
+    chunks = iter(stream)
+    next(chunks)
+    started = time.perf_counter()
+    health = httpx.get(f"{llama.url}/health", timeout=5)
+    elapsed = time.perf_counter() - started
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.json()["running"] + health.json()["queued"] == 1  # the long generation is in flight
+    assert elapsed < 1.0
+    rest = list(chunks)
+    assert rest[-1].choices[0].finish_reason == "length"
+
+
+def test_unload_then_load_again(llama):
+    before = chat(llama.client, "fin", FIN_MESSAGE).choices[0].message.content
+    assert httpx.delete(f"{llama.url}/v1/adapters/fin").json() == {"id": "fin", "object": "model", "deleted": True}
+    assert [m.id for m in llama.client.models.list().data] == ["base", "sql"]
+    with pytest.raises(openai.NotFoundError, match="'fin' does not exist"):
+        chat(llama.client, "fin", FIN_MESSAGE)
+    response = httpx.post(f"{llama.url}/v1/adapters", json={"name": "fin", "path": str(llama.runs["fin"])})
+    assert response.status_code == 201 and response.json()["task"] == "finance-alpaca"
+    assert chat(llama.client, "fin", FIN_MESSAGE).choices[0].message.content == before
+    # Unloading every adapter leaves the plain base model, which still serves and takes adapters.
+    base_answer = chat(llama.client, "base", FIN_MESSAGE).choices[0].message.content
+    for name in ("sql", "fin"):
+        assert httpx.delete(f"{llama.url}/v1/adapters/{name}").status_code == 200
+    assert chat(llama.client, "base", FIN_MESSAGE).choices[0].message.content == base_answer
+    for name in ("sql", "fin"):
+        assert httpx.post(f"{llama.url}/v1/adapters", json={"name": name, "path": str(llama.runs[name])}).status_code == 201
+    assert chat(llama.client, "fin", FIN_MESSAGE).choices[0].message.content == before
+
+
+def test_seq2seq_model_serves_chat_and_completions(tiny_t5_dir: Path, tmp_path: Path):
+    run = make_adapter_run(tiny_t5_dir, tmp_path / "qa1", task="finance-alpaca", seed=3)
+    app = create_app(open_registry(str(tiny_t5_dir), [f"qa={run}"]))
+    with BackgroundServer(app) as server:
+        client = client_for(server.url)
+        answer = chat(client, "qa", FIN_MESSAGE, max_tokens=12).choices[0].message.content
+        prompt = training_prompt(tiny_t5_dir, "finance-alpaca", FIN_MESSAGE)
+        assert prompt == "What is a bond?\nAnswer: "  # no chat template on T5
+        assert answer == offline_answers(tiny_t5_dir, run, [prompt], 12)[0]
+        assert answer  # the adapter makes the tiny T5 say something
+        text = client.completions.create(model="base", prompt="translate: hi", max_tokens=12, temperature=0)
+        assert text.choices[0].text.strip() == offline_answers(tiny_t5_dir, None, ["translate: hi"], 12)[0]
+        streamed = chat(client, "qa", FIN_MESSAGE, max_tokens=12, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer

@@ -1,0 +1,191 @@
+"""The batching engine: streamed text pieces, stop strings and limits per job, mixed-adapter
+batches equal to one-at-a-time generation, and the queue's grouping and bounds."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from loratune.models import load_model
+from loratune.serve.batching import Batcher, Job, JobEvent, QueueFull, Sampling
+from loratune.serve.prompts import encode_for_generation
+from loratune.serve.registry import open_registry
+from test_serve_api import make_adapter_run
+
+
+@pytest.fixture(scope="module")
+def llama_tokenizer(tiny_llama_dir: Path):
+    return load_model(str(tiny_llama_dir)).tokenizer
+
+
+def feed(job: Job, tokenizer, text: str, *, eos: bool = True) -> list[JobEvent]:
+    events: list[JobEvent] = []
+    job.sink = events.append
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
+    for token in ids:
+        job.push_token(token, tokenizer, {tokenizer.eos_token_id})
+    return events
+
+
+def deltas(events: list[JobEvent]) -> list[str]:
+    return [e.text for e in events if e.kind == "delta"]
+
+
+def test_stream_pieces_join_to_the_stripped_answer(llama_tokenizer):
+    text = "  Grüße, 世界! SELECT 1  \n"
+    job = Job("base", [1], max_tokens=100, strip=True)
+    events = feed(job, llama_tokenizer, text)
+    pieces = deltas(events)
+    assert "".join(pieces) == text.strip() == job.text
+    assert len(pieces) > 5 and not any("\ufffd" in p for p in pieces)  # half characters are held back
+    assert events[-1].kind == "done" and events[-1].finish_reason == "stop"
+    assert job.completion_tokens == len(llama_tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+
+
+def test_stop_string_across_tokens_is_never_sent(llama_tokenizer):
+    job = Job("base", [1], max_tokens=100, stop=["STOP", "never"])
+    events = feed(job, llama_tokenizer, "abc STOP def")
+    assert "".join(deltas(events)) == "abc " and job.finish_reason == "stop"
+    assert not any("S" in piece for piece in deltas(events))
+    assert job.completion_tokens == len("abc STOP")  # one byte per token; nothing after the stop
+
+
+def test_max_tokens_and_cancel(llama_tokenizer):
+    job = Job("base", [1], max_tokens=3)
+    events = feed(job, llama_tokenizer, "abcdef", eos=False)
+    assert "".join(deltas(events)) == "abc" and job.finish_reason == "length" and job.completion_tokens == 3
+    cancelled = Job("base", [1], max_tokens=10)
+    cancelled.cancel()
+    assert deltas(feed(cancelled, llama_tokenizer, "abc")) == [] and cancelled.finish_reason == "cancelled"
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_llama_dir: Path, tiny_t5_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("batching-runs")
+    return {
+        "llama": (tiny_llama_dir, [make_adapter_run(tiny_llama_dir, root / f"l{i}", task=None, seed=i) for i in (1, 2)]),
+        "t5": (tiny_t5_dir, [make_adapter_run(tiny_t5_dir, root / f"t{i}", task=None, seed=i) for i in (1, 2)]),
+    }
+
+
+def _jobs(registry, rows: list[tuple[str, str, int]]) -> list[Job]:
+    return [Job(name, encode_for_generation(registry.tokenizer, registry.kind, prompt), max_tokens=n)
+            for name, prompt, n in rows]
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_mixed_adapter_batch_equals_one_at_a_time(adapters, family):
+    base_dir, (run_a, run_b) = adapters[family]
+    registry = open_registry(str(base_dir), [f"a={run_a}", f"b={run_b}"])
+    assert registry.mixed_batching()
+    rows = [("a", "hello there", 12), ("b", "what is the capital of France?", 8), ("base", "x", 12),
+            ("b", "hello there", 12), ("a", "what is the capital of France?", 5)]
+    alone = []
+    for row in rows:
+        (job,) = _jobs(registry, [row])
+        registry.run_jobs([job])
+        alone.append(job)
+    together = _jobs(registry, rows)
+    registry.run_jobs(together)
+    assert [j.tokens for j in together] == [j.tokens for j in alone]
+    assert [j.finish_reason for j in together] == [j.finish_reason for j in alone]
+    assert [j.completion_tokens for j in together] == [j.completion_tokens for j in alone]
+    # Each adapter changes the answer: the same prompt through a, b and no adapter.
+    assert len({tuple(alone[0].tokens), tuple(alone[3].tokens)}) == 2
+    assert all(job.adapter in ("a", "b", "base") for job in together)  # names restored after the batch
+
+
+def test_dora_adapters_fall_back_to_one_adapter_per_batch(tiny_llama_dir: Path, tmp_path: Path):
+    """peft cannot mix DoRA adapters in one batch; the registry then activates one at a time."""
+    run = make_adapter_run(tiny_llama_dir, tmp_path / "dora", task=None, seed=5)
+    config_path = run / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["use_dora"] = True
+    config_path.write_text(json.dumps(config))
+    plain = make_adapter_run(tiny_llama_dir, tmp_path / "plain", task=None, seed=6)
+    registry = open_registry(str(tiny_llama_dir), [f"d={run}", f"p={plain}"])
+    assert not registry.mixed_batching()
+    rows = [("d", "hello", 6), ("p", "hello", 6), ("base", "hello", 6)]
+    singles = []
+    for row in rows:
+        (job,) = _jobs(registry, [row])
+        registry.run_jobs([job])
+        singles.append(job.tokens)
+    assert len({tuple(t) for t in singles}) == 3
+    same_adapter = _jobs(registry, [("d", "hello", 6), ("d", "hello there", 6)])
+    registry.run_jobs(same_adapter)
+    assert same_adapter[0].tokens == singles[0]
+
+
+class RecordingRunner:
+    def __init__(self, mixed: bool) -> None:
+        self.mixed = mixed
+        self.batches: list[list[str]] = []
+        self.gate = threading.Event()
+
+    def mixed_batching(self) -> bool:
+        return self.mixed
+
+    def run_jobs(self, jobs: list[Job]) -> None:
+        self.gate.wait(5)
+        self.batches.append([job.adapter for job in jobs])
+        for job in jobs:
+            job.close()
+
+
+def _run_queue(runner: RecordingRunner, names: list[str], sampling: list[Sampling] | None = None, **kwargs) -> None:
+    batcher = Batcher(runner, batch_wait_s=0.0, **kwargs)
+    jobs = [Job(n, [1], max_tokens=1, sampling=(sampling or [Sampling()] * len(names))[i]) for i, n in enumerate(names)]
+    for job in jobs:
+        batcher.submit(job)
+    batcher.start()
+    runner.gate.set()
+    deadline = time.monotonic() + 5
+    while not all(job.finished for job in jobs) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    batcher.stop()
+
+
+def test_batcher_mixes_adapters_when_peft_can():
+    runner = RecordingRunner(mixed=True)
+    _run_queue(runner, ["a", "b", "a", "base", "b"])
+    assert runner.batches == [["a", "b", "a", "base", "b"]]
+
+
+def test_batcher_without_mixing_serves_the_oldest_request_first():
+    runner = RecordingRunner(mixed=False)
+    _run_queue(runner, ["a", "b", "a", "b", "c", "a"], max_batch_size=2)
+    assert runner.batches == [["a", "a"], ["b", "b"], ["c"], ["a"]]
+
+
+def test_batcher_keeps_greedy_and_sampled_requests_apart():
+    runner = RecordingRunner(mixed=True)
+    hot = Sampling(temperature=0.8, top_p=0.9)
+    _run_queue(runner, ["a", "b", "a", "b"], sampling=[Sampling(), hot, Sampling(), hot])
+    assert runner.batches == [["a", "a"], ["b", "b"]]
+
+
+def test_queue_is_bounded():
+    batcher = Batcher(RecordingRunner(mixed=True), queue_size=2)
+    batcher.submit(Job("a", [1], max_tokens=1))
+    batcher.submit(Job("a", [1], max_tokens=1))
+    with pytest.raises(QueueFull):
+        batcher.submit(Job("a", [1], max_tokens=1))
+    batcher.stop()  # waiting jobs are failed with 503, not left hanging
+    assert batcher.queued == 0
+
+
+def test_sampled_generation_respects_limits(tiny_llama_dir: Path):
+    registry = open_registry(str(tiny_llama_dir), [])
+    torch.manual_seed(0)
+    jobs = _jobs(registry, [("base", "hello", 7), ("base", "hi", 3)])
+    for job in jobs:
+        job.sampling = Sampling(temperature=1.5, top_p=0.95)
+    registry.run_jobs(jobs)
+    assert [len(j.tokens) <= n for j, n in zip(jobs, (7, 3))] == [True, True]
+    assert all(j.finish_reason in ("length", "stop") for j in jobs)
