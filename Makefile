@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: install
 	$(BIN)/loratune models pull smollm2-135m-instruct
-	$(BIN)/loratune run $(DEMO_CONFIG)
+	$(BIN)/loratune run $(DEMO_CONFIG) --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -7,7 +7,7 @@ the tiny test Llama. Two adapters with small random LoRA weights stand in for tr
 max_tokens; the server's answers are checked against the sequential ones, so the rows compare
 the same work. Prints a markdown table.
 
-    .venv/bin/python bench/serve_speed.py [--requests 16] [--max-tokens 48] [--model NAME_OR_DIR]
+    .venv/bin/python bench/serve_speed.py [--requests 16] [--max-tokens 48] [--model NAME_OR_DIR] [--threads N]
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ QUESTIONS = [
     "What is the average salary per department? CREATE TABLE emp (name TEXT, dept TEXT, salary REAL)",
     "What is inflation?", "What is a credit score used for?", "What is a mutual fund?",
     "Count the orders placed in 2020. CREATE TABLE orders (id INTEGER, placed DATE)",
-    "What is liquidity?", "Which cities have more than 1 million people? CREATE TABLE city (name TEXT, population INTEGER)",
+    "What is liquidity?",
+    "Which cities have more than 1 million people? CREATE TABLE city (name TEXT, population INTEGER)",
     "What is a stock split?", "What is the difference between a Roth IRA and a traditional IRA?",
 ]
 
@@ -81,10 +82,14 @@ def workload(n: int) -> list[tuple[str, str]]:
     return [("sql" if i % 2 == 0 else "fin", QUESTIONS[i % len(QUESTIONS)]) for i in range(n)]
 
 
-def sequential_baseline(registry, requests: list[tuple[str, str]], max_tokens: int) -> tuple[list[float], int, float, list[str]]:
+Measured = tuple[list[float], int, float, list[str]]
+"""(latencies, generated tokens, wall seconds, answers)."""
+
+
+def sequential_baseline(registry, requests: list[tuple[str, str]], max_tokens: int) -> Measured:
     """One request at a time, straight through `model.generate` with that adapter set."""
-    from loratune.generate import _encode_batch, autocast_context, clean_output, generation_kwargs
     from loratune.config import GenerationSettings
+    from loratune.generate import _encode_batch, autocast_context, clean_output, generation_kwargs
     from loratune.serve.prompts import build_chat_prompt
 
     model, tokenizer, kind = registry.model, registry.tokenizer, registry.kind
@@ -108,7 +113,7 @@ def sequential_baseline(registry, requests: list[tuple[str, str]], max_tokens: i
     return latencies, tokens, time.perf_counter() - started, answers
 
 
-def run_clients(url: str, requests: list[tuple[str, str]], clients: int, max_tokens: int) -> tuple[list[float], int, float, list[str]]:
+def run_clients(url: str, requests: list[tuple[str, str]], clients: int, max_tokens: int) -> Measured:
     """`clients` threads share the request list; each sends its next request when the last is answered."""
     pending = list(enumerate(requests))
     lock = threading.Lock()
@@ -152,7 +157,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16, help="requests per row")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--model", default=None, help="default: smollm2-135m-instruct if pulled, else the tiny Llama")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (on a busy machine 1 avoids threads spinning against each other)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     from transformers.utils import logging as hf_logging
 
@@ -188,7 +197,8 @@ def main() -> None:
                              clients, lat, tok, wall, answers == reference))
 
     base_rate = rows[0][3] / rows[0][4]
-    print("| mode | clients | generated tokens | wall s | tokens/s | vs sequential | p50 latency s | p95 latency s | same answers |")
+    print("| mode | clients | generated tokens | wall s | tokens/s | vs sequential "
+          "| p50 latency s | p95 latency s | same answers |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
     for mode, clients, lat, tok, wall, same in rows:
         rate = tok / wall

@@ -31,6 +31,7 @@ from sqlglot.tokens import TokenType
 
 from loratune.sql import judge_sql
 from loratune.sql.analyze import from_sources
+from loratune.sql.execute import read_only_copy, run_query
 from loratune.sql.safety import clean_sql
 from loratune.sql.schema import parse_schema
 
@@ -303,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     elapsed = time.perf_counter() - started
     _print_table(cases, judgement.records)
+    _print_other_disagreements(cases, judgement.records, args.db_dir)
     print(f"\n{len(rows)} gold rows, {len(cases)} judged pairs, {args.dbs} databases each: "
           f"{elapsed:.1f}s ({1000 * elapsed / len(cases):.1f} ms per pair)")
     if args.show:
@@ -329,6 +331,26 @@ def _print_table(cases: list, records: list) -> None:
               f"{false_accept} | {other} |")
     k, false_accept, other = totals["perturbation"]
     print(f"| perturbation | **all** | {k} | | | | {false_accept} ({_pct(false_accept, k)}) | {other} ({_pct(other, k)}) |")
+
+
+def _print_other_disagreements(cases: list, records: list, db_dir: Path) -> None:
+    """Why the real database returned the same rows where the test suite told the queries apart."""
+    kinds = {"empty for both": 0, "only 0/NULL aggregates": 0, "the same non-empty rows": 0}
+    databases = {}
+    for (group, _name, row, _sql), rec in zip(cases, records):
+        if group != "perturbation" or rec.exec_match or not rec.exec_match_real_db:
+            continue
+        if row["db_id"] not in databases:
+            databases[row["db_id"]] = read_only_copy(db_dir / row["db_id"] / f"{row['db_id']}.sqlite")
+        rows = run_query(databases[row["db_id"]], clean_sql(row["answer"]), timeout_s=2.0).rows or []
+        if not rows:
+            kinds["empty for both"] += 1
+        elif all(value in (0, None) for r in rows for value in r):
+            kinds["only 0/NULL aggregates"] += 1
+        else:
+            kinds["the same non-empty rows"] += 1
+    print("\nTest suite differ, real database same, by the real result: "
+          + ", ".join(f"{kind}: {count}" for kind, count in kinds.items()))
 
 
 def _pct(count: int, total: int) -> str:

@@ -7,12 +7,12 @@ import io
 from pathlib import Path
 
 import pytest
+from test_serve_api import make_adapter_run, offline_answers, training_prompt
 
 from loratune.cli import main as cli_main
 from loratune.errors import ServeError
 from loratune.models import load_model
 from loratune.serve.chat import chat_loop
-from test_serve_api import make_adapter_run, offline_answers, training_prompt
 
 
 def scripted(lines: list[str]):
@@ -28,16 +28,36 @@ def scripted(lines: list[str]):
     return read
 
 
-def answers(output: str) -> list[str]:
-    return [line[len("assistant> "):] for line in output.splitlines() if line.startswith("assistant> ")]
+class Terminal(io.StringIO):
+    """Captures the chat's output and splits out each streamed answer (they may hold newlines)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+    def answers(self) -> list[str]:
+        found, current = [], None
+        for text in self.writes:
+            if text == "assistant> ":
+                current = []
+            elif current is not None and text == "\n":
+                found.append("".join(current))
+                current = None
+            elif current is not None:
+                current.append(text)
+        return found
 
 
 def test_base_chat_keeps_history_until_reset(tiny_llama_dir: Path):
     read = scripted(["hello", "and then?", "/reset", "  hello  ", "/bogus", "/exit", "never read"])
-    out = io.StringIO()
+    out = Terminal()
     chat_loop(None, str(tiny_llama_dir), input_fn=read, out=out, max_tokens=20)
     text = out.getvalue()
-    first, second, third = answers(text)
+    first, second, third = out.answers()
     tokenizer = load_model(str(tiny_llama_dir)).tokenizer
 
     def template(messages: list[dict]) -> str:
@@ -55,12 +75,12 @@ def test_base_chat_keeps_history_until_reset(tiny_llama_dir: Path):
 
 def test_adapter_chat_answers_each_message_on_its_own(tiny_llama_dir: Path, tmp_path: Path):
     run = make_adapter_run(tiny_llama_dir, tmp_path / "fin1", task="finance-alpaca", seed=2)
-    out = io.StringIO()
+    out = Terminal()
     chat_loop(str(run), None, input_fn=scripted(["What is a bond?", "What is a stock?"]), out=out, max_tokens=16)
     text = out.getvalue()
     assert "task finance-alpaca" in text and "each message is answered on its own" in text
     prompts = [training_prompt(tiny_llama_dir, "finance-alpaca", q) for q in ("What is a bond?", "What is a stock?")]
-    assert answers(text) == offline_answers(tiny_llama_dir, run, prompts, 16)
+    assert out.answers() == offline_answers(tiny_llama_dir, run, prompts, 16)
     assert text.endswith("\n")  # Ctrl-D ends the session cleanly
 
 

@@ -3,6 +3,8 @@ the API key, the bounded queue (429), CORS, and the startup errors of `loratune 
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import threading
 import time
@@ -13,12 +15,12 @@ import httpx
 import openai
 import pytest
 from starlette.testclient import TestClient
+from test_serve_api import client_for, make_adapter_run
 
 from loratune.cli import main as cli_main
 from loratune.errors import ServeError
 from loratune.serve.app import BackgroundServer, ServeSettings, create_app, run_server
 from loratune.serve.registry import open_registry
-from test_serve_api import client_for, make_adapter_run
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -33,8 +35,9 @@ def guarded(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     registry = open_registry(None, [f"fin={fin}"])
     settings = ServeSettings(api_key=KEY, max_batch_size=1, queue_size=1, max_tokens_limit=1000,
                              max_body_bytes=4096, batch_wait_s=0.0)
-    with BackgroundServer(create_app(registry, settings)) as server:
-        yield SimpleNamespace(url=server.url, client=client_for(server.url, KEY), fin=fin, base=tiny_llama_dir)
+    app = create_app(registry, settings)
+    with BackgroundServer(app) as server:
+        yield SimpleNamespace(url=server.url, client=client_for(server.url, KEY), fin=fin, base=tiny_llama_dir, app=app)
 
 
 def _chat(**overrides):
@@ -56,15 +59,20 @@ BAD_REQUESTS = [
     ("five stop sequences", "post", "/v1/chat/completions", _chat(stop=list("abcde")), 400, "stop"),
     ("missing messages", "post", "/v1/chat/completions", {"model": "base"}, 400, "messages"),
     ("empty messages", "post", "/v1/chat/completions", _chat(messages=[]), 400, "messages"),
-    ("unknown role", "post", "/v1/chat/completions", _chat(messages=[{"role": "robot", "content": "x"}]), 400, "messages[0]"),
+    ("unknown role", "post", "/v1/chat/completions", _chat(messages=[{"role": "robot", "content": "x"}]),
+     400, "messages[0]"),
     ("no user message", "post", "/v1/chat/completions",
      _chat(model="fin", messages=[{"role": "system", "content": "be brief"}]), 400, "messages"),
-    ("prompt over the context", "post", "/v1/completions", {"model": "base", "prompt": "word " * 200}, 400, "messages"),
+    ("prompt over the context", "post", "/v1/completions", {"model": "base", "prompt": "word " * 200}, 400, "prompt"),
+    ("messages over the context", "post", "/v1/chat/completions",
+     _chat(messages=[{"role": "user", "content": "w " * 300}]), 400, "messages"),
     ("two prompts", "post", "/v1/completions", {"model": "base", "prompt": ["a", "b"]}, 400, "prompt"),
     ("malformed JSON", "post", "/v1/chat/completions", b'{"model": "base", "messages": [', 400, None),
     ("not an object", "post", "/v1/chat/completions", b'["base"]', 400, None),
-    ("body over the limit", "post", "/v1/chat/completions", _chat(messages=[{"role": "user", "content": "x" * 5000}]), 413, None),
-    ("chunked body over the limit", "post", "/v1/chat/completions", iter([b'{"model": "base", "x": "', b"y" * 5000, b'"}']), 413, None),
+    ("body over the limit", "post", "/v1/chat/completions",
+     _chat(messages=[{"role": "user", "content": "x" * 5000}]), 413, None),
+    ("chunked body over the limit", "post", "/v1/chat/completions",
+     iter([b'{"model": "base", "x": "', b"y" * 5000, b'"}']), 413, None),
     ("unknown route", "post", "/v1/embeddings", {"model": "base", "input": "x"}, 404, None),
     ("wrong method", "get", "/v1/chat/completions", None, 405, None),
     ("adapter name with a dot", "post", "/v1/adapters", {"name": "a.b", "path": "/tmp"}, 400, "name"),
@@ -116,6 +124,23 @@ def test_adapter_for_another_base_is_refused(guarded, tiny_t5_dir: Path, tmp_pat
     assert [m.id for m in guarded.client.models.list().data] == ["base", "fin"]
 
 
+def test_adapter_whose_weights_do_not_fit_leaves_nothing_behind(guarded, tmp_path: Path):
+    broken = make_adapter_run(guarded.base, tmp_path / "broken", task="finance-alpaca", seed=4)
+    config_path = broken / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["r"] = 8  # the saved weights have rank 4
+    config_path.write_text(json.dumps(config))
+    response = httpx.post(f"{guarded.url}/v1/adapters", json={"name": "fin2", "path": str(broken)}, headers=AUTH)
+    assert response.status_code == 400 and "does not fit the base model" in response.json()["error"]["message"]
+    assert [m.id for m in guarded.client.models.list().data] == ["base", "fin"]
+    good = httpx.post(f"{guarded.url}/v1/adapters", json={"name": "fin2", "path": str(guarded.fin)}, headers=AUTH)
+    assert good.status_code == 201
+    first = guarded.client.chat.completions.create(model="fin", messages=HI, max_tokens=8, temperature=0)
+    again = guarded.client.chat.completions.create(model="fin2", messages=HI, max_tokens=8, temperature=0)
+    assert again.choices[0].message.content == first.choices[0].message.content  # same weights, same answer
+    assert httpx.delete(f"{guarded.url}/v1/adapters/fin2", headers=AUTH).status_code == 200
+
+
 def test_api_key_is_required_except_for_health_and_page(guarded):
     url = guarded.url
     assert httpx.get(f"{url}/health").status_code == 200
@@ -133,24 +158,44 @@ def test_api_key_is_required_except_for_health_and_page(guarded):
     assert [m.id for m in guarded.client.models.list().data] == ["base", "fin"]  # nothing was unloaded
 
 
-def test_full_queue_answers_429_and_disconnect_frees_the_worker(guarded):
-    health = lambda: httpx.get(f"{guarded.url}/health").json()  # noqa: E731
-    long = guarded.client.chat.completions.create(model="fin", messages=HI, max_tokens=450, temperature=0, stream=True)
-    chunks = iter(long)
-    next(chunks)
+def test_full_queue_answers_429_and_a_closed_stream_cancels_its_job(guarded, monkeypatch):
+    registry = guarded.app.state.registry
+    generate, gate, taken = registry.run_jobs, threading.Event(), []
+
+    def gated_generation(jobs):  # holds the worker until the test opens the gate
+        taken.extend(jobs)
+        gate.wait(30)
+        generate(jobs)
+
+    monkeypatch.setattr(registry, "run_jobs", gated_generation)
+
+    def health():
+        return httpx.get(f"{guarded.url}/health").json()
+
+    def wait_for(condition) -> None:
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    stream = guarded.client.chat.completions.create(model="fin", messages=HI, max_tokens=50, temperature=0, stream=True)
+    chunks = iter(stream)
+    next(chunks)  # the role chunk: the request is in
+    wait_for(lambda: len(taken) == 1)
     second: dict = {}
     waiter = threading.Thread(target=lambda: second.update(r=guarded.client.chat.completions.create(
         model="base", messages=HI, max_tokens=3, temperature=0)))
     waiter.start()
-    deadline = time.monotonic() + 5
-    while health()["queued"] < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: health()["queued"] == 1)
     assert health() == {"status": "ok", "queued": 1, "running": 1}
     with pytest.raises(openai.RateLimitError, match="busy"):
         guarded.client.chat.completions.create(model="base", messages=HI, max_tokens=3, temperature=0)
-    long.close()  # the client goes away: its generation stops long before 450 tokens
-    waiter.join(timeout=10)
-    assert second["r"].choices[0].finish_reason == "length"
+    stream.close()  # the client goes away: the server cancels its job
+    wait_for(lambda: taken[0].cancelled)
+    assert taken[0].cancelled
+    gate.set()
+    waiter.join(timeout=30)
+    assert taken[0].finish_reason == "cancelled" and taken[0].completion_tokens == 0
+    assert second["r"].choices[0].finish_reason in ("length", "stop")
     assert health() == {"status": "ok", "queued": 0, "running": 0}
 
 
@@ -180,6 +225,25 @@ def test_startup_errors(tiny_llama_dir: Path, tiny_t5_dir: Path, tmp_path: Path)
     for specs, base, message in cases:
         with pytest.raises(ServeError, match=message):
             open_registry(base, specs)
+
+
+def test_adapter_whose_base_moved_is_served_with_a_warning(tiny_llama_dir: Path, tmp_path: Path, caplog):
+    run = make_adapter_run(tiny_llama_dir, tmp_path / "moved", task="finance-alpaca", seed=1)
+    meta_path = run / "adapter" / "loratune.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(base_model="/gone/tiny-llama", base_path="/gone/tiny-llama")
+    meta_path.write_text(json.dumps(meta))
+    config_path = run / "adapter" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    config["base_model_name_or_path"] = "/gone/tiny-llama"
+    config_path.write_text(json.dumps(config))
+    with caplog.at_level(logging.WARNING, logger="loratune.serve"):
+        registry = open_registry(str(tiny_llama_dir), [f"fin={run}"])
+    assert registry.names() == ["base", "fin"]
+    assert "'/gone/tiny-llama', which is not on this machine" in caplog.text
+    other = make_adapter_run(tiny_llama_dir, tmp_path / "other", task=None, seed=2)
+    with pytest.raises(ServeError, match="different base models"):  # among adapters, bases must agree
+        open_registry(None, [f"fin={run}", f"other={other}"])
 
 
 def test_serve_command_reports_startup_errors_in_one_line(tiny_llama_dir: Path, capsys):

@@ -7,10 +7,10 @@ import os
 from pathlib import Path
 
 import pytest
+from test_serve_api import SQL_MESSAGE, client_for, make_adapter_run
 
 from loratune.serve.app import BackgroundServer, ServeSettings, create_app
 from loratune.serve.registry import open_registry
-from test_serve_api import SQL_MESSAGE, client_for, make_adapter_run
 
 pytestmark = pytest.mark.browser
 
@@ -23,7 +23,8 @@ SCREENSHOT = Path(os.environ.get("LORATUNE_SCREENSHOT", "/tmp/loratune_chat.png"
 
 
 def streamed_answer(client, model: str, messages: list[dict], max_tokens: int) -> str:
-    chunks = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0, stream=True)
+    chunks = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens, temperature=0,
+                                            stream=True)
     return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
 
 
@@ -32,7 +33,8 @@ def server(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     runs = tmp_path_factory.mktemp("page-runs")
     sql = make_adapter_run(tiny_llama_dir, runs / "sql1", task="sql-create-context", seed=1)
     talk = make_adapter_run(tiny_llama_dir, runs / "talk1", task="messages", seed=3)
-    app = create_app(open_registry(None, [f"sql={sql}", f"talk={talk}"]), ServeSettings(api_key="page-key", max_context=300))
+    settings = ServeSettings(api_key="page-key", max_context=300)
+    app = create_app(open_registry(None, [f"sql={sql}", f"talk={talk}"]), settings)
     with BackgroundServer(app) as running:
         yield running
 

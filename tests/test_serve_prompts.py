@@ -68,7 +68,8 @@ def test_chat_task_and_base_keep_the_conversation(llama, t5):
     expected = llama.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
     assert chat_profile.multi_turn and base_profile(llama.tokenizer, llama.kind).multi_turn
     assert build_chat_prompt(chat_profile, llama.tokenizer, llama.kind, conversation).text == expected
-    assert build_chat_prompt(base_profile(llama.tokenizer, llama.kind), llama.tokenizer, llama.kind, conversation).text == expected
+    llama_base = base_profile(llama.tokenizer, llama.kind)
+    assert build_chat_prompt(llama_base, llama.tokenizer, llama.kind, conversation).text == expected
     t5_base = base_profile(t5.tokenizer, t5.kind)
     assert not t5_base.multi_turn
     assert build_chat_prompt(t5_base, t5.tokenizer, t5.kind, user("summarize: a b c")).text == "summarize: a b c"

@@ -90,3 +90,9 @@ def test_read_only_copy_leaves_the_file_untouched(tmp_path: Path) -> None:
     finally:
         os.chmod(tmp_path, stat.S_IRWXU)
     assert hashlib.sha256(path.read_bytes()).hexdigest() == before
+
+
+def test_result_size_cap_on_wide_rows(conn: sqlite3.Connection) -> None:
+    sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) SELECT zeroblob(90000), zeroblob(90000) FROM n"
+    result = run_query(conn, sql, timeout_s=2)
+    assert result.runaway and "bytes" in result.error

@@ -88,6 +88,9 @@ class TrainSettings:
     """Dtype the base weights are loaded in. The original recipe loaded bf16 weights."""
     eval_steps: Optional[int] = None
     """Eval loss every N steps; None evaluates once per epoch."""
+    eval_loss_rows: Optional[int] = None
+    """Compute the eval loss on at most this many held-out rows (None: all). Generation-based
+    evaluation (`eval.limit`) is separate."""
     logging_steps: int = 10
     save_steps: Optional[int] = None
     """Checkpoint every N steps; None checkpoints with each evaluation."""
@@ -257,6 +260,8 @@ def validate(cfg: RunConfig, source: str) -> RunConfig:
         raise bad("train.batch_size", "must be at least 1 or 'auto'")
     if cfg.data.drop_percentile is not None and not 0 < cfg.data.drop_percentile <= 100:
         raise bad("data.drop_percentile", "must be in (0, 100]")
+    if cfg.train.eval_loss_rows is not None and cfg.train.eval_loss_rows < 1:
+        raise bad("train.eval_loss_rows", "must be at least 1")
     for key in ("max_train_rows", "max_eval_rows"):
         value = getattr(cfg.data, key)
         if value is not None and value < 1:

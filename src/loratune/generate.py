@@ -111,6 +111,10 @@ def generate_texts(
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     kwargs = generation_kwargs(settings, tokenizer)
+    if task_kind == "sql":
+        # Only the first statement is judged, so stop there: chat models otherwise keep explaining
+        # their query for the rest of max_new_tokens, which is most of the evaluation time.
+        kwargs.update(stop_strings=[";"], tokenizer=tokenizer)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     for batch in tqdm(batches, desc=progress, disable=progress is None, unit="batch"):
         inputs = _encode_batch(tokenizer, kind, [prompts[i] for i in batch], device)

@@ -114,7 +114,6 @@ def training_arguments(cfg: RunConfig, run_dir: Path, precision: str, device: st
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
         auto_find_batch_size=auto_batch and device == "cuda",
-        gradient_checkpointing=t.gradient_checkpointing,
         seed=t.seed,
         data_seed=t.seed,
         report_to=report_to,
@@ -123,7 +122,13 @@ def training_arguments(cfg: RunConfig, run_dir: Path, precision: str, device: st
         remove_unused_columns=False,
         **{warmup_key: t.warmup_ratio},
         **_sampling_args(t.group_by_length),
+        **_renamed("gradient_checkpointing", "activation_checkpointing", t.gradient_checkpointing, args_cls),
     )
+
+
+def _renamed(old: str, new: str, value: Any, args_cls: type) -> dict[str, Any]:
+    # transformers 5 renamed some arguments; pass whichever this version knows.
+    return {new if new in inspect.signature(args_cls.__init__).parameters else old: value}
 
 
 def _have(module: str) -> bool:
@@ -176,6 +181,7 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
     train_rows, eval_rows = load_splits(cfg.data, task, cfg.train.seed)
     train_features, train_stats = tokenize_rows(train_rows, task, tokenizer, loaded.kind, cfg.data)
     eval_features, eval_stats = tokenize_rows(eval_rows, task, tokenizer, loaded.kind, cfg.data)
+
     if not train_features:
         raise ConfigError(f"{cfg.data.train}: every training row was dropped by the length limits (data.*)")
     if not eval_features:
@@ -183,6 +189,10 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
     # The original printed the DataFrame shapes (two columns: prompt and target).
     log(f"Training data shape: ({len(train_features)}, 2)")
     log(f"Test data shape: ({len(eval_features)}, 2)")
+    n_eval = len(eval_features)
+    if cfg.train.eval_loss_rows and cfg.train.eval_loss_rows < n_eval:
+        eval_features = eval_features[: cfg.train.eval_loss_rows]
+        log(f"eval loss on the first {len(eval_features)} held-out rows (train.eval_loss_rows)")
     stats = {"train": train_stats.as_dict(), "eval": eval_stats.as_dict()}
     (run_dir / "data_stats.json").write_text(json.dumps(stats, indent=2), encoding="utf-8")
     for split, s in stats.items():
@@ -231,7 +241,11 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
     checkpoint = _latest_checkpoint(run_dir) if resume else None
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     wall = time.perf_counter() - started
-    final_eval = trainer.evaluate()["eval_loss"]  # the best checkpoint is loaded at the end
+    # The best checkpoint (lowest eval loss) is loaded at the end; its loss is the run's result.
+    # Evaluate only when training never did (e.g. eval_steps beyond max_steps).
+    final_eval = trainer.state.best_metric
+    if final_eval is None:
+        final_eval = trainer.evaluate()["eval_loss"]
     metrics_log.write({"step": trainer.state.global_step, "epoch": trainer.state.epoch, "eval_loss_best": final_eval})
 
     adapter_dir = run_dir / "adapter"
@@ -258,7 +272,8 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
         "trainable_line": param_line,
         "memory_line": memory_line,
         "train_rows": len(train_features),
-        "eval_rows": len(eval_features),
+        "eval_rows": n_eval,
+        "eval_loss_rows": len(eval_features),
         "steps": trainer.state.global_step,
         "wall_time_s": round(wall, 1),
         "train_tokens": tokens,

@@ -17,10 +17,11 @@ import hmac
 import socket
 import sys
 import threading
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,7 +32,7 @@ from loratune.errors import LoratuneError, ServeError
 from loratune.generate import clean_output
 from loratune.serve import schemas
 from loratune.serve.batching import Batcher, Job, JobEvent, QueueFull, Sampling
-from loratune.serve.prompts import build_chat_prompt, build_completion_prompt, check_length
+from loratune.serve.prompts import PromptProfile, build_chat_prompt, build_completion_prompt, check_length
 from loratune.serve.registry import BASE_NAME, AdapterExists, ModelRegistry, open_registry
 from loratune.serve.schemas import RequestError, error_body, sse
 
@@ -142,7 +143,8 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return _error_response(404, f"no route {request.method} {request.url.path}", code="unknown_url")
-        return _error_response(exc.status_code, str(exc.detail))
+        code = "request_too_large" if exc.status_code == 413 else None
+        return _error_response(exc.status_code, str(exc.detail), code=code)
 
     @app.exception_handler(RequestError)
     async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
@@ -184,6 +186,14 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                                param="model", code="model_not_found")
         return name
 
+    def served_profile(model: str) -> tuple[str, PromptProfile]:
+        name = served_name(model)
+        try:
+            return name, registry.profile(name)
+        except KeyError:  # unloaded between the two lookups
+            raise RequestError(404, f"the model {model!r} was just unloaded", param="model",
+                               code="model_not_found") from None
+
     def model_card(name: str) -> dict[str, Any]:
         profile = registry.profile(name)
         created = registry.created if name == BASE_NAME else registry.adapters[name].created
@@ -211,9 +221,9 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: schemas.ChatCompletionRequest) -> Any:
-        name = served_name(body.model)
+        name, profile = served_profile(body.model)
         messages = [m.model_dump() for m in body.messages]
-        built = build_chat_prompt(registry.profile(name), registry.tokenizer, registry.kind, messages)
+        built = build_chat_prompt(profile, registry.tokenizer, registry.kind, messages)
         return await answer(body, name, built, chat=True)
 
     @app.post("/v1/completions")
@@ -228,13 +238,21 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
             raise RequestError(400, f"max_tokens is {requested}, over this server's limit of "
                                f"{settings.max_tokens_limit}", param="max_tokens")
         budget = check_length(len(built.ids), requested, kind=registry.kind, limit=registry.context,
-                              default_max_tokens=settings.default_max_tokens)
+                              default_max_tokens=settings.default_max_tokens,
+                              prompt_param="messages" if chat else "prompt")
         sampling = Sampling(temperature=1.0 if body.temperature is None else body.temperature,
                             top_p=1.0 if body.top_p is None else body.top_p)
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[JobEvent] = asyncio.Queue()
-        job = Job(name, built.ids, max_tokens=budget, sampling=sampling, stop=body.stop, strip=chat,
-                  sink=lambda event: loop.call_soon_threadsafe(events.put_nowait, event))
+
+        def sink(event: JobEvent) -> None:
+            # Called on the generating thread. A non-streamed answer is read from the job at the
+            # end, so only its final event needs to wake the event loop.
+            if body.stream or event.kind != "delta":
+                loop.call_soon_threadsafe(events.put_nowait, event)
+
+        job = Job(name, built.ids, max_tokens=budget, sampling=sampling, stop=body.stop, strip=chat, sink=sink)
+        batcher.start()  # no-op once running (the lifespan starts it; bare ASGI test clients may not)
         try:
             batcher.submit(job)
         except QueueFull as exc:
@@ -245,19 +263,13 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
             return StreamingResponse(stream(job, events, rid, name, built, chat, body.include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        pieces = []
         try:
-            while True:
-                event = await events.get()
-                if event.kind == "delta":
-                    pieces.append(event.text)
-                elif event.kind == "error":
-                    return _error_response(event.status, event.text)
-                else:
-                    break
+            event = await events.get()
         finally:
             job.cancel()  # no-op once finished; stops the job when the client went away
-        text = "".join(pieces)
+        if event.kind == "error":
+            return _error_response(event.status, event.text)
+        text = job.text  # complete: the job finished before its final event was sent
         reason = schemas.finish_reason_for_client(job.finish_reason)
         if chat:
             return schemas.chat_response(rid, name, clean_output(text, built.task_kind), reason, len(built.ids),
@@ -280,7 +292,8 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                     yield sse(error_body(event.status, event.text))
                     return
                 reason = schemas.finish_reason_for_client(job.finish_reason)
-                yield sse(schemas.chat_chunk(rid, name, {}, reason) if chat else schemas.text_chunk(rid, name, "", reason))
+                last = schemas.chat_chunk(rid, name, {}, reason) if chat else schemas.text_chunk(rid, name, "", reason)
+                yield sse(last)
                 if include_usage:
                     yield sse(schemas.usage_chunk(rid, name, obj, len(built.ids), job.completion_tokens))
                 yield sse("[DONE]")
@@ -327,7 +340,7 @@ class BackgroundServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self, timeout_s: float = 30.0) -> "BackgroundServer":
+    def start(self, timeout_s: float = 30.0) -> BackgroundServer:
         import time
 
         self._thread.start()
@@ -343,7 +356,7 @@ class BackgroundServer:
         self.server.should_exit = True
         self._thread.join(timeout=30)
 
-    def __enter__(self) -> "BackgroundServer":
+    def __enter__(self) -> BackgroundServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -19,8 +19,9 @@ from __future__ import annotations
 import collections
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -59,8 +60,9 @@ class JobEvent:
 class Job:
     """One request's generation, consumed through `sink` (called from the generating thread).
 
-    With `strip`, leading whitespace is dropped and trailing whitespace held back until more text
-    follows, so the streamed pieces join to exactly the stripped answer that evaluation scores.
+    Pieces are sent as soon as they are certain: half UTF-8 characters, a possible start of a stop
+    string and trailing whitespace wait for the next token. With `strip`, leading and final
+    whitespace are dropped, so the pieces join to exactly the stripped answer evaluation scores.
     """
 
     def __init__(
@@ -148,7 +150,10 @@ class Job:
                     if text.endswith(stop[:k]):
                         text = text[:-k]
                         break
-        if self.strip:
+            # Trailing spaces wait for the next token: tokenizers that clean up spaces
+            # (" ." -> ".") may still take them back, and a stripped answer must not end in one.
+            text = text.rstrip()
+        elif self.strip:
             text = text.rstrip()
         if text.startswith(self.text) and len(text) > len(self.text):
             piece = text[len(self.text):]
@@ -170,7 +175,7 @@ class _JobTracker:
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         newest = input_ids[:, -1].tolist()
-        for job, token in zip(self.jobs, newest):
+        for job, token in zip(self.jobs, newest, strict=True):
             job.push_token(token, self.tokenizer, self.eos_ids)
         return torch.tensor([job.finished for job in self.jobs], dtype=torch.bool, device=input_ids.device)
 
@@ -249,7 +254,9 @@ class Batcher:
     one adapter's jobs only, and the next batch again starts from the oldest job.
     """
 
-    def __init__(self, runner: JobRunner, *, max_batch_size: int = 8, queue_size: int = 64, batch_wait_s: float = 0.01) -> None:
+    def __init__(
+        self, runner: JobRunner, *, max_batch_size: int = 8, queue_size: int = 64, batch_wait_s: float = 0.01
+    ) -> None:
         self.runner = runner
         self.max_batch_size = max_batch_size
         self.queue_size = queue_size
@@ -305,6 +312,7 @@ class Batcher:
             for job in batch:
                 self._pending.remove(job)
             self.running = len(batch)
+            self.batches += 1
             return batch
 
     def _loop(self) -> None:
@@ -328,4 +336,3 @@ class Batcher:
                     job.fail(f"generation failed: {type(exc).__name__}: {exc}")
             finally:
                 self.running = 0
-                self.batches += 1

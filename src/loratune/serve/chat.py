@@ -9,7 +9,8 @@ see each message on its own, rendered into their training prompt, exactly as the
 from __future__ import annotations
 
 import sys
-from typing import Callable, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from loratune.errors import ServeError
 from loratune.generate import clean_output
@@ -42,7 +43,9 @@ def chat_loop(
     registry = open_registry(base, [f"{ADAPTER_NAME}={run_dir}"] if run_dir else [])
     name = ADAPTER_NAME if run_dir else BASE_NAME
     profile = registry.profile(name)
-    what = f"adapter {run_dir} (task {profile.task.name})" if run_dir and profile.task else (run_dir or registry.base_source)
+    what = run_dir or registry.base_source
+    if run_dir and profile.task:
+        what = f"adapter {run_dir} (task {profile.task.name})"
     mode = "the conversation is remembered" if profile.multi_turn else "each message is answered on its own"
     print(f"loratune chat: {what} on {registry.base_source}; {mode}.\n{HELP}", file=out, flush=True)
 
@@ -77,7 +80,8 @@ def _answer(registry, name: str, history: list[dict[str, str]], message: str, ou
     turns = list(history)
     while True:
         try:
-            built = build_chat_prompt(profile, registry.tokenizer, registry.kind, turns + [{"role": "user", "content": message}])
+            messages = turns + [{"role": "user", "content": message}]
+            built = build_chat_prompt(profile, registry.tokenizer, registry.kind, messages)
             budget = check_length(len(built.ids), None, kind=registry.kind, limit=registry.context,
                                   default_max_tokens=max_tokens)
             break

@@ -129,7 +129,7 @@ def build_chat_prompt(profile: PromptProfile, tokenizer: Any, kind: str, message
         return BuiltPrompt(text, encode_for_generation(tokenizer, kind, text), "text", warnings)
 
     if task.kind == "chat":
-        prompt: Any = messages
+        prompt: Any = task.prompt({"messages": messages})
     else:
         # Task adapters learned single-turn prompts: only the latest user message is the input.
         row = task.row_from_message(_last_user_message(messages))
@@ -163,7 +163,10 @@ def build_completion_prompt(tokenizer: Any, kind: str, text: str) -> BuiltPrompt
     return BuiltPrompt(text, encode_for_generation(tokenizer, kind, text), "text", [])
 
 
-def check_length(prompt_tokens: int, max_tokens: int | None, *, kind: str, limit: int, default_max_tokens: int) -> int:
+def check_length(
+    prompt_tokens: int, max_tokens: int | None, *, kind: str, limit: int, default_max_tokens: int,
+    prompt_param: str = "messages",
+) -> int:
     """The answer's token budget, or a 400 when the prompt (plus the requested answer) is too long.
 
     Causal models share one context between prompt and answer; seq2seq encoders take the prompt
@@ -174,7 +177,7 @@ def check_length(prompt_tokens: int, max_tokens: int | None, *, kind: str, limit
             400,
             f"the prompt has {prompt_tokens} tokens, over this model's context of {limit} tokens; "
             "shorten the prompt",
-            param="messages", code="context_length_exceeded",
+            param=prompt_param, code="context_length_exceeded",
         )
     room = limit - prompt_tokens if kind == "causal" else limit
     if max_tokens is None:

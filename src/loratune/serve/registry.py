@@ -9,6 +9,7 @@ changes the model's modules in place.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from loratune.errors import LoratuneError, ServeError
 from loratune.serve.batching import BASE_ADAPTER, Job, run_batch
 from loratune.serve.prompts import PromptProfile, base_profile, context_limit, profile_from_meta
 from loratune.serve.schemas import ADAPTER_NAME_PATTERN
+
+log = logging.getLogger("loratune.serve")
 
 BASE_NAME = "base"
 """The model name that means "no adapter"."""
@@ -68,23 +71,23 @@ def _adapter_files(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, An
     return adapter_dir, meta, peft_config
 
 
-def _base_identities(*sources: str | None) -> set[str]:
-    """Comparable names for a base model: the source strings and the directories they resolve to."""
+def _local_dir(source: str | None) -> str | None:
+    """The directory a base-model source resolves to on this machine, if it does."""
     from loratune import catalog
 
-    out: set[str] = set()
-    for source in sources:
-        if not source:
-            continue
-        out.add(str(source))
-        path = Path(source).expanduser()
-        if source in catalog.CATALOG:
-            cached = catalog.cached_model_path(source)
-            if cached is not None:
-                out.add(str(Path(cached).resolve()))
-        elif path.exists():
-            out.add(str(path.resolve()))
-    return out
+    if not source:
+        return None
+    if source in catalog.CATALOG:
+        cached = catalog.cached_model_path(source)
+        return str(Path(cached).resolve()) if cached is not None else None
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else None
+
+
+def _base_identities(*sources: str | None) -> set[str]:
+    """Comparable names for a base model: the source strings and the directories they resolve to."""
+    names = {str(source) for source in sources if source}
+    return names | {d for d in map(_local_dir, sources) if d}
 
 
 def adapter_base(meta: dict[str, Any], peft_config: dict[str, Any]) -> str | None:
@@ -128,15 +131,25 @@ class ModelRegistry:
     # ------------------------------------------------------------ loading
 
     def check_base(self, name: str, meta: dict[str, Any], peft_config: dict[str, Any]) -> None:
-        """An adapter must have been trained on this server's base model."""
-        recorded = _base_identities(meta.get("base_model"), meta.get("base_path"), peft_config.get("base_model_name_or_path"))
-        if recorded and not recorded & self._base_ids:
+        """An adapter must have been trained on this server's base model.
+
+        A recorded base that exists here and is another model is an error. One that is not on
+        this machine (moved, or trained elsewhere) is trusted with a warning: peft still refuses
+        weights whose shapes do not fit.
+        """
+        sources = (meta.get("base_model"), meta.get("base_path"), peft_config.get("base_model_name_or_path"))
+        recorded = _base_identities(*sources)
+        other_base = bool(recorded) and not recorded & self._base_ids
+        if other_base and any(_local_dir(source) for source in sources):
             raise ServeError(
                 f"adapter {name!r} was trained on {adapter_base(meta, peft_config)!r} but this server's base "
                 f"model is {self.base_source!r}; serve it from its own base (loratune serve --base ...)"
             )
         if meta.get("kind") and meta["kind"] != self.kind:
             raise ServeError(f"adapter {name!r} is for a {meta['kind']} model but the base is {self.kind}")
+        if other_base:
+            log.warning("adapter %r records base model %r, which is not on this machine; serving it on %r",
+                        name, adapter_base(meta, peft_config), self.base_source)
 
     def load_adapter(self, name: str, path: str | Path) -> AdapterEntry:
         """Load the adapter at `path` (run or adapter directory) under `name`."""
@@ -155,6 +168,7 @@ class ModelRegistry:
                 else:
                     self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
             except Exception as exc:  # peft raises ValueError/KeyError/RuntimeError on mismatches
+                self._forget_partial(name)
                 raise ServeError(f"adapter {name!r} ({adapter_dir}) does not fit the base model: {exc}") from None
             self.model.eval()
             entry = AdapterEntry(
@@ -162,6 +176,16 @@ class ModelRegistry:
             )
             self.adapters[name] = entry
         return entry
+
+    def _forget_partial(self, name: str) -> None:
+        """peft adds an adapter's layers before loading its weights; drop them when loading failed."""
+        from peft import PeftModel
+
+        if isinstance(self.model, PeftModel) and name in self.model.peft_config:
+            try:
+                self.model.delete_adapter(name)
+            except Exception:  # noqa: BLE001 - best effort; the zero-initialised layers change nothing
+                log.warning("could not remove the partly loaded adapter %r", name)
 
     def unload_adapter(self, name: str) -> None:
         """Remove an adapter; removing the last one gives back the plain base model."""
@@ -203,22 +227,30 @@ class ModelRegistry:
             if not ready:
                 return
             names = [BASE_ADAPTER if job.adapter == BASE_NAME else job.adapter for job in ready]
-            for job, name in zip(ready, names):
+            for job, name in zip(ready, names, strict=True):
                 job.adapter = name
             try:
                 if not isinstance(self.model, PeftModel):
                     run_batch(self.model, self.tokenizer, self.kind, ready, adapter_names=False)
-                elif self.mixed_batching():
+                elif len(set(names)) > 1 and self.mixed_batching():
                     run_batch(self.model, self.tokenizer, self.kind, ready, adapter_names=True)
-                elif names[0] == BASE_ADAPTER:
-                    with self.model.disable_adapter():
-                        run_batch(self.model, self.tokenizer, self.kind, ready, adapter_names=False)
                 else:
-                    self.model.set_adapter(names[0])
-                    run_batch(self.model, self.tokenizer, self.kind, ready, adapter_names=False)
+                    # One adapter (the common case, and the only one without mixed batching):
+                    # the plain forward pass, without peft's per-layer sub-batching.
+                    for name in dict.fromkeys(names):
+                        self._run_one_adapter(name, [job for job in ready if job.adapter == name])
             finally:
-                for job, name in zip(ready, names):
+                for job, name in zip(ready, names, strict=True):
                     job.adapter = BASE_NAME if name == BASE_ADAPTER else name
+
+    def _run_one_adapter(self, name: str, jobs: list[Job]) -> None:
+        if name == BASE_ADAPTER:
+            with self.model.disable_adapter():
+                run_batch(self.model, self.tokenizer, self.kind, jobs, adapter_names=False)
+            return
+        if self.model.active_adapter != name:
+            self.model.set_adapter(name)
+        run_batch(self.model, self.tokenizer, self.kind, jobs, adapter_names=False)
 
 
 def open_registry(base: str | None, adapter_specs: list[str], *, max_context: int | None = None) -> ModelRegistry:

@@ -189,7 +189,9 @@ def text_response(
     return _with_warnings(body, warnings)
 
 
-def text_chunk(rid: str, model: str, text: str, finish_reason: str | None = None, warnings: list[str] = ()) -> dict[str, Any]:
+def text_chunk(
+    rid: str, model: str, text: str, finish_reason: str | None = None, warnings: list[str] = (),
+) -> dict[str, Any]:
     choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
     body = {"id": rid, "object": "text_completion", "created": now(), "model": model, "choices": [choice]}
     return _with_warnings(body, list(warnings))

@@ -11,6 +11,7 @@ extend it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlglot import exp
@@ -24,8 +25,11 @@ SET_OPERATIONS = (exp.Union, exp.Intersect, exp.Except)
 MAX_CONSTANTS_PER_COLUMN = 24
 """Constants past this many on one column are ignored: `a IN (1, 2, ..., 3000)` must not
 make every synthesized database thousands of rows of work."""
+MAX_GROUP_SIZE = 250
+"""`HAVING count(*) > k` makes groups of k + 1 rows, up to this many."""
 _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Like, exp.ILike, exp.Glob)
 _ARITHMETIC = (exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Mod)
+_AGGREGATES = (exp.Sum, exp.Avg, exp.Max, exp.Min)
 _MIRROR = {exp.GT: exp.LT, exp.LT: exp.GT, exp.GTE: exp.LTE, exp.LTE: exp.GTE}
 
 
@@ -180,6 +184,8 @@ def analyze_query(tree: exp.Expression, schema: Schema) -> QueryFacts:
 
     def key_of(node: exp.Expression | None) -> Key | None:
         node = _unparen(node)
+        if isinstance(node, _AGGREGATES) and node.find_ancestor(exp.Having, exp.Select) is not None:
+            node = _unparen(node.this)  # `HAVING sum(x) > 5000`: rows with x > 5000 let it pass
         return resolver.resolve(node, facts) if isinstance(node, exp.Column) else None
 
     def note(key: Key, value: str | float, op: type = exp.EQ) -> None:
@@ -252,19 +258,16 @@ def analyze_query(tree: exp.Expression, schema: Schema) -> QueryFacts:
                         facts.links.append((ka, kb))
         elif isinstance(node, (exp.Literal, exp.Neg)) and not isinstance(node.parent, (exp.Neg, exp.Limit, exp.Offset)):
             value = literal_value(node)
-            if isinstance(value, str) and len(facts.loose_strings) < MAX_CONSTANTS_PER_COLUMN:
-                facts.loose_strings.add(value)
-            elif value is not None and not isinstance(value, str) and len(facts.loose_numbers) < MAX_CONSTANTS_PER_COLUMN:
-                facts.loose_numbers.add(value)
-        elif isinstance(node, exp.Column) and is_string_identifier(node, schema) and len(facts.loose_strings) < MAX_CONSTANTS_PER_COLUMN:
-            facts.loose_strings.add(node.name)
+            loose = facts.loose_strings if isinstance(value, str) else facts.loose_numbers
+            if value is not None and len(loose) < MAX_CONSTANTS_PER_COLUMN:
+                loose.add(value)
+        elif isinstance(node, exp.Column) and is_string_identifier(node, schema):
+            if len(facts.loose_strings) < MAX_CONSTANTS_PER_COLUMN:
+                facts.loose_strings.add(node.name)
     return facts
 
 
-MAX_GROUP_SIZE = 100
-
-
-def _note_group_size(node: exp.Expression, facts: QueryFacts, key_of) -> None:
+def _note_group_size(node: exp.Expression, facts: QueryFacts, key_of: Callable[[exp.Expression], Key | None]) -> None:
     """`HAVING count(*) > 10` (or `>=`, `=`): the groups of the SELECT's GROUP BY columns need
     11 rows for the gold to return anything."""
     having = node.find_ancestor(exp.Having, exp.Select)
@@ -290,8 +293,10 @@ def _satisfying(value: str | float, op: type) -> str | float | None:
     """A value `v` with `v <op> value` true; None for `!=`, where almost anything will do."""
     if op in (exp.EQ, exp.GTE, exp.LTE):
         return value
-    if isinstance(value, str):
-        return None
+    if isinstance(value, str):  # a proper prefix sorts before a string, an extension after it
+        if op is exp.LT:
+            return value[:-1] if value else None
+        return value + "0" if op is exp.GT else None
     step = 1 if isinstance(value, int) else 0.5
     if op is exp.GT:
         return value + step

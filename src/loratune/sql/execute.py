@@ -22,6 +22,8 @@ from loratune.sql.schema import quote_identifier
 
 MAX_ROWS = 10_000
 """Results longer than this are refused: no gold result on these databases comes near it."""
+MAX_RESULT_BYTES = 20_000_000
+"""Nor may the text and blobs of a result add up to more than this (wide rows of long strings)."""
 
 _ALLOWED_ACTIONS = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
 # printf/format can spend seconds inside one call (`printf('%.*c', 1e9, 'x')`), where neither
@@ -73,7 +75,9 @@ def guard_connection(conn: sqlite3.Connection) -> sqlite3.Connection:
     return conn
 
 
-def memory_database(statements: list[str], rows: dict[str, tuple[list[str], list[tuple]]] | None = None) -> sqlite3.Connection:
+def memory_database(
+    statements: list[str], rows: dict[str, tuple[list[str], list[tuple]]] | None = None
+) -> sqlite3.Connection:
     """Build an in-memory database from DDL statements and rows (table -> (columns, rows)),
     then guard it."""
     conn = sqlite3.connect(":memory:", check_same_thread=False)
@@ -109,14 +113,17 @@ def run_query(conn: sqlite3.Connection, sql: str, *, timeout_s: float, max_rows:
     try:
         cursor = conn.execute(sql)
         rows: list[tuple] = []
+        size = 0
         while True:
             chunk = cursor.fetchmany(500)
             if not chunk:
                 break
             rows.extend(chunk)
-            if len(rows) > max_rows:
+            size += sum(len(v) for row in chunk for v in row if isinstance(v, (str, bytes)))
+            if len(rows) > max_rows or size > MAX_RESULT_BYTES:
                 cursor.close()
-                return QueryResult(None, f"result has more than {max_rows} rows", runaway=True)
+                limit = f"more than {max_rows} rows" if len(rows) > max_rows else f"more than {MAX_RESULT_BYTES} bytes"
+                return QueryResult(None, f"result has {limit}", runaway=True)
         return QueryResult(rows)
     except (sqlite3.Error, OverflowError, MemoryError, RecursionError, ValueError) as err:
         if time.monotonic() > deadline:

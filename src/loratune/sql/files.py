@@ -24,7 +24,10 @@ def read_gold(path: str | Path) -> list[dict]:
         row = _json_object(path, lineno, line)
         for key in ("context", "answer"):
             if not isinstance(row.get(key), str):
-                raise DataError(f"{path}:{lineno}: gold row lacks a string {key!r} (keys: {', '.join(sorted(row)) or 'none'}); each line needs 'context' (CREATE TABLE statements) and 'answer' (gold SQL)")
+                raise DataError(
+                    f"{path}:{lineno}: gold row lacks a string {key!r} (keys: {', '.join(sorted(row)) or 'none'}); "
+                    "each line needs 'context' (CREATE TABLE statements) and 'answer' (gold SQL)"
+                )
         db_id = row.get("db_id")
         if db_id is not None and not isinstance(db_id, str):
             raise DataError(f"{path}:{lineno}: 'db_id' must be a string, got {type(db_id).__name__}")
@@ -47,12 +50,15 @@ def read_predictions(path: str | Path, n: int) -> list[str]:
                 continue
             row = _json_object(path, lineno, line)
             if "prediction" not in row:
-                raise DataError(f"{path}:{lineno}: prediction row lacks 'prediction' (keys: {', '.join(sorted(row)) or 'none'})")
+                keys = ", ".join(sorted(row)) or "none"
+                raise DataError(f"{path}:{lineno}: prediction row lacks 'prediction' (keys: {keys})")
             predictions.append("" if row["prediction"] is None else str(row["prediction"]))
     else:
         predictions = [line for _no, line in lines]
     if len(predictions) != n:
-        raise SqlError(f"{path} has {len(predictions)} predictions but the gold has {n} rows; they must be aligned line for line")
+        raise SqlError(
+            f"{path} has {len(predictions)} predictions but the gold has {n} rows; they must be aligned line for line"
+        )
     return predictions
 
 

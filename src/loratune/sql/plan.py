@@ -57,8 +57,8 @@ class DatabasePlan:
 def merge_facts(all_facts: list[QueryFacts]) -> QueryFacts:
     merged = QueryFacts()
     for facts in all_facts:
-        pairs = ((merged.strings, facts.strings), (merged.numbers, facts.numbers), (merged.likes, facts.likes), (merged.satisfying, facts.satisfying))
-        for target, source in pairs:
+        for name in ("strings", "numbers", "likes", "satisfying"):
+            target, source = getattr(merged, name), getattr(facts, name)
             for key, values in source.items():
                 target.setdefault(key, set()).update(values)
         merged.numeric |= facts.numeric

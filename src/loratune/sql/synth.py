@@ -48,10 +48,10 @@ def fill_database(plan: DatabasePlan, rng: random.Random, *, clean: bool) -> dic
     # tables that refer to another table's key (concert -> stadium) get more rows than the
     # tables they refer to, so per-key counts differ and ORDER BY count(*) has a clear winner
     referring = {key[0] for d in plan.domains if d.primary is not None for key in d.members if key != d.primary}
-    sizes = {
-        t.name.lower(): rng.randint(3, 6) if clean else rng.randint(10, 24) if t.name.lower() in referring else rng.randint(6, 14)
-        for t in plan.schema.tables
-    }
+    sizes = {}
+    for table in plan.schema.tables:
+        name = table.name.lower()
+        sizes[name] = rng.randint(3, 6) if clean else rng.randint(10, 24) if name in referring else rng.randint(6, 14)
     groups = _group_targets(plan)
     for (table, _column), need in groups.items():
         sizes[table] = max(sizes[table], need + rng.randint(0, 3))
@@ -90,6 +90,8 @@ def fill_database(plan: DatabasePlan, rng: random.Random, *, clean: bool) -> dic
             if key in groups:  # one group as big as `HAVING count(*) > k` asks, keyed like witness row 0
                 values[: groups[key]] = [values[0]] * groups[key]
             columns.append(values)
+        if not clean and rng.random() < 0.35:
+            _correlate(columns, rng)
         rows = [tuple(col[i] for col in columns) for i in range(n)]
         if not clean and rows and not any(d.primary and d.primary[0] == table.name.lower() for d in plan.domains):
             rows += [rows[rng.randrange(len(rows))] for _ in range(rng.randint(0, 2))]
@@ -98,7 +100,19 @@ def fill_database(plan: DatabasePlan, rng: random.Random, *, clean: bool) -> dic
     return out
 
 
-def _key_values(plan: DatabasePlan, pools: list[list], sizes: dict[str, int], rng: random.Random) -> tuple[dict[int, list], dict[int, list]]:
+def _correlate(columns: list[list], rng: random.Random) -> None:
+    """Sort each column's random rows (some descending), so values go together across columns:
+    the most frequent key then comes with a run of low (or high) years, say, and a filter on one
+    column changes which key wins a count. Independent columns rarely show that."""
+    for values in columns:
+        tail = values[WITNESS_ROWS:]
+        tail.sort(key=lambda v: (v is None, type(v).__name__, v if v is not None else 0), reverse=rng.random() < 0.5)
+        values[WITNESS_ROWS:] = tail
+
+
+def _key_values(
+    plan: DatabasePlan, pools: list[list], sizes: dict[str, int], rng: random.Random
+) -> tuple[dict[int, list], dict[int, list]]:
     """For each domain with a primary key: the key column's distinct values. For each domain of
     several columns: the values of witness rows 0, 1, 2 in every member column, in that order,
     so witness row j of one table joins witness row j of the others."""
@@ -157,7 +171,7 @@ def _sorted(values: set) -> list:
 
 
 def _pool(domain: Domain, size: int, rng: random.Random, loose: set[str]) -> list:
-    """Distinct candidate values: the constants first, then random ones of the domain's kind."""
+    """Distinct candidate values: the constants first, then `size` random ones of the domain's kind."""
     values: list = []
 
     def add(value: object) -> None:
@@ -173,19 +187,32 @@ def _pool(domain: Domain, size: int, rng: random.Random, loose: set[str]) -> lis
         for text in _sorted(loose):
             if rng.random() < 0.2:
                 add(text)
-        while len(values) < size:
-            add(f"{domain.name}_{rng.randint(1, 99)}")
+        wanted = len(values) + size  # random values besides the constants, or they would crowd the column
+        while len(values) < wanted:
+            add(_word(rng))
         return values
     step = 0.5 if domain.kind == "real" else 1
     for number in _sorted(domain.numbers):
         for value in (number, number - step, number + step):
             add(value)
     lo, hi = _number_range(domain, size)
-    attempts = 0
-    while len(values) < size or attempts < 2:
-        attempts += 1
+    wanted = len(values) + size
+    hi = max(hi, lo + 2 * wanted)  # room for `size` distinct values besides the constants
+    for _attempt in range(10 * wanted):
+        if len(values) >= wanted:
+            break
         add(round(rng.uniform(lo, hi), 1) if domain.kind == "real" else rng.randint(lo, hi))
     return values
+
+
+_SYLLABLES = ("ka", "lo", "mi", "ru", "te", "so", "na", "bi", "do", "fe", "gu", "pa", "ve", "zi", "ho", "ja")
+
+
+def _word(rng: random.Random) -> str:
+    """A random capitalised word and number (`Loteka 42`): varied letters, so LIKE patterns and
+    text comparisons match some values and not others."""
+    word = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3)))
+    return f"{word.capitalize()} {rng.randint(1, 99)}" if rng.random() < 0.5 else word.capitalize()
 
 
 def _number_range(domain: Domain, size: int) -> tuple[int, int]:
