@@ -129,3 +129,29 @@ def test_precision_rules(tmp_path, tiny_t5_dir):
     from loratune.models import bf16_supported
 
     assert resolve_precision(cfg, "causal", "cpu") == ("bf16" if bf16_supported("cpu") else "fp32")
+
+
+def test_completion_only_logits_give_the_models_own_loss(tmp_path, tiny_llama_dir):
+    """The fast loss (logits only from the first answer position) equals transformers' loss."""
+    from transformers import DataCollatorForSeq2Seq, TrainingArguments
+
+    from loratune.config import DataConfig
+    from loratune.data import tokenize_rows
+    from loratune.models import load_model
+    from loratune.tasks import get_task
+    from loratune.train import CompletionLossTrainer
+
+    loaded = load_model(str(tiny_llama_dir))
+    rows = [{"prompt": "short", "completion": "answer one"},
+            {"prompt": "a much longer prompt than the other", "completion": "two"}]
+    features, _ = tokenize_rows(rows, get_task("prompt-completion"), loaded.tokenizer, "causal", DataConfig())
+    batch = DataCollatorForSeq2Seq(loaded.tokenizer, label_pad_token_id=-100, padding=True)(features)
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    trainer = CompletionLossTrainer(model=loaded.model, args=args)
+    with torch.no_grad():
+        expected = loaded.model(**batch).loss
+        got = trainer.compute_loss(loaded.model, dict(batch))
+        n_items = int((batch["labels"][:, 1:] != -100).sum())
+        summed = trainer.compute_loss(loaded.model, dict(batch), num_items_in_batch=2 * n_items)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(summed, expected / 2, atol=1e-5)

@@ -239,7 +239,7 @@ def _truncate_text(tokenizer: Any, text: str, limit: int) -> tuple[str, bool]:
     return tokenizer.decode(ids[:limit]), True
 
 
-def _cut_prompt(tokenizer: Any, prompt: Prompt, limit: int) -> tuple[Prompt, bool]:
+def cut_prompt(tokenizer: Any, prompt: Prompt, limit: int) -> tuple[Prompt, bool]:
     # The limit applies to the task's prompt text (as the original's truncation=True did);
     # chat-template tokens come on top, so the template itself is never cut in half.
     if isinstance(prompt, str):
@@ -307,7 +307,7 @@ def tokenize_rows(
         if (cutoff is not None and source_len + target_len > cutoff) or (over and cfg.length_policy == "drop"):
             stats.dropped += 1
             continue
-        prompt, cut_source = _cut_prompt(tokenizer, prompt, cfg.max_source_tokens)
+        prompt, cut_source = cut_prompt(tokenizer, prompt, cfg.max_source_tokens)
         text = render_prompt(tokenizer, prompt, use_chat_template=use_template, system_prompt=cfg.system_prompt)
         example, cut_target = encode_example(tokenizer, kind, text, target, cfg.max_target_tokens)
         stats.truncated += int(cut_source or cut_target)
@@ -320,6 +320,6 @@ def eval_prompts(rows: list[dict[str, Any]], task: Task, tokenizer: Any, kind: s
     use_template = wants_chat_template(tokenizer, kind, cfg.use_chat_template)
     prompts = []
     for row in rows:
-        prompt, _ = _cut_prompt(tokenizer, task.prompt(row), cfg.max_source_tokens)
+        prompt, _ = cut_prompt(tokenizer, task.prompt(row), cfg.max_source_tokens)
         prompts.append(render_prompt(tokenizer, prompt, use_chat_template=use_template, system_prompt=cfg.system_prompt))
     return prompts

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loratune.data import _cut_prompt, encode_prompt, render_prompt, wants_chat_template
+from loratune.data import cut_prompt, encode_prompt, render_prompt, wants_chat_template
 from loratune.errors import LoratuneError
 from loratune.serve.schemas import RequestError
 from loratune.tasks import Task, get_task
@@ -141,7 +141,7 @@ def build_chat_prompt(profile: PromptProfile, tokenizer: Any, kind: str, message
         prompt = task.prompt(row)
     if profile.max_source_tokens:
         original = _prompt_tokens(tokenizer, prompt)
-        prompt, cut = _cut_prompt(tokenizer, prompt, profile.max_source_tokens)
+        prompt, cut = cut_prompt(tokenizer, prompt, profile.max_source_tokens)
         if cut:
             warnings.append(
                 f"the prompt was truncated to {profile.max_source_tokens} tokens (it had {original}), "
