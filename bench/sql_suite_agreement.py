@@ -36,6 +36,8 @@ from loratune.sql.safety import clean_sql
 from loratune.sql.schema import parse_schema
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sql-create-context-spider"
+if not DATA.is_dir():  # the same 115 rows and 5 databases ship in the repo
+    DATA = Path(__file__).resolve().parents[1] / "data" / "sql-create-context"
 Transform = Callable[[exp.Expression, str, str], "str | list[str] | None"]
 
 

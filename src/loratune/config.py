@@ -99,6 +99,9 @@ class TrainSettings:
     """Batch rows of similar length together, so dynamic padding wastes little."""
     pad_to_max_length: bool = False
     """Pad every row to the max lengths (the original recipe; slower). Default: dynamic padding."""
+    completion_only_logits: bool = True
+    """Causal LMs: project to the vocabulary only from the first answer position (same loss,
+    less compute and memory). False uses the model's own loss over every position."""
     gradient_checkpointing: bool = False
     load_in_4bit: bool = False
     """QLoRA: load base weights in 4 bit (CUDA + bitsandbytes only)."""

@@ -254,7 +254,10 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
     )
     args = training_arguments(cfg, run_dir, precision, device, loaded.kind)
     metrics_log = MetricsLogger(run_dir / "metrics.jsonl")
-    trainer_cls = Seq2SeqTrainer if loaded.kind == "seq2seq" else CompletionLossTrainer
+    if loaded.kind == "seq2seq":
+        trainer_cls = Seq2SeqTrainer
+    else:
+        trainer_cls = CompletionLossTrainer if cfg.train.completion_only_logits else Trainer
     trainer = trainer_cls(
         model=model,
         args=args,
