@@ -53,7 +53,7 @@ def resolve_adapter_dir(path: str | Path) -> Path:
         if (candidate / "adapter_config.json").is_file():
             return candidate
     if not path.exists():
-        raise AdapterError(f"{path}: no such run or adapter directory")
+        raise AdapterError(f"{path}: no such run or adapter directory (train it first with `loratune train CONFIG`)")
     raise AdapterError(
         f"{path}: no adapter here (expected {path}/adapter/adapter_config.json); "
         "train one with `loratune train CONFIG`, or point at a directory that holds adapter_config.json"

@@ -199,6 +199,10 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
     from loratune.models import load_model, memory_footprint_gb
 
     task = get_task(cfg.task)
+    if cfg.lora.init_adapter:  # fail before minutes of model loading, not after
+        from loratune.lora import resolve_adapter_dir
+
+        resolve_adapter_dir(cfg.lora.init_adapter)
     run_dir = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     save_config(cfg, run_dir / "config.yaml")
     if cfg.train.num_threads:
