@@ -297,13 +297,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    # YAML 1.1 reads 3e-3 as a string; accept the float people mean.
-    if isinstance(value, str):
-        try:
-            value = float(value) if any(c in value.lower() for c in ".e") and not value.isalpha() else value
-        except ValueError:
-            pass
-    return key.split("."), value
+    return key.split("."), _fix_yaml_floats(value)
 
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
