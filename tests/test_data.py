@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from loratune.config import DataConfig
+from loratune.config import DataSettings
 from loratune.data import (
     IGNORE_INDEX, check_columns, load_splits, read_rows, render_prompt, tokenize_rows,
 )
@@ -79,7 +79,7 @@ def test_hub_dataset_offline_is_a_fast_clear_error(monkeypatch):
 
 def test_split_is_seeded_90_10(tmp_path):
     path = write_jsonl(tmp_path / "rows.jsonl", sql_rows(50))
-    cfg = DataConfig(train=str(path))
+    cfg = DataSettings(train=str(path))
     train, held = load_splits(cfg, SQL, seed=1)
     assert (len(train), len(held)) == (45, 5)
     again_train, again_held = load_splits(cfg, SQL, seed=1)
@@ -101,7 +101,7 @@ def t5(tiny_t5_dir):
 
 def test_causal_prompt_tokens_are_masked(llama):
     rows = sql_rows(2)
-    features, stats = tokenize_rows(rows, SQL, llama.tokenizer, "causal", DataConfig())
+    features, stats = tokenize_rows(rows, SQL, llama.tokenizer, "causal", DataSettings())
     tok = llama.tokenizer
     for row, feature in zip(rows, features):
         prompt = render_prompt(tok, SQL.prompt(row), use_chat_template=True, system_prompt=None)
@@ -117,7 +117,7 @@ def test_causal_prompt_tokens_are_masked(llama):
 
 def test_seq2seq_labels_are_the_target(t5):
     row = sql_rows(1)[0]
-    features, _ = tokenize_rows([row], SQL, t5.tokenizer, "seq2seq", DataConfig())
+    features, _ = tokenize_rows([row], SQL, t5.tokenizer, "seq2seq", DataSettings())
     assert t5.tokenizer.decode(features[0]["labels"], skip_special_tokens=True) == row["answer"]
     assert t5.tokenizer.decode(features[0]["input_ids"], skip_special_tokens=True) == SQL.prompt(row)
 
@@ -125,15 +125,15 @@ def test_seq2seq_labels_are_the_target(t5):
 def test_truncate_and_drop_are_counted(t5):
     rows = sql_rows(4)
     rows[0]["question"] = "x" * 300  # byte-level: 300 tokens
-    cfg = DataConfig(max_source_tokens=200, max_target_tokens=20)
+    cfg = DataSettings(max_source_tokens=200, max_target_tokens=20)
     features, stats = tokenize_rows(rows, SQL, t5.tokenizer, "seq2seq", cfg)
     assert len(features) == 4 and stats.truncated == 4  # every answer is > 20 bytes; row 0 also long
     assert max(len(f["labels"]) for f in features) == 21  # 20 + eos
     assert max(len(f["input_ids"]) for f in features) == 201  # 200 + eos
-    dropped = DataConfig(max_source_tokens=200, max_target_tokens=100, length_policy="drop")
+    dropped = DataSettings(max_source_tokens=200, max_target_tokens=100, length_policy="drop")
     features, stats = tokenize_rows(rows, SQL, t5.tokenizer, "seq2seq", dropped)
     assert (len(features), stats.dropped) == (3, 1)
-    pct = DataConfig(drop_percentile=50.0)
+    pct = DataSettings(drop_percentile=50.0)
     features, stats = tokenize_rows(rows, SQL, t5.tokenizer, "seq2seq", pct)
     assert stats.dropped == 1 and len(features) == 3  # only the long row is above the median
     assert stats.as_dict()["source_tokens"]["max"] == 434

@@ -15,7 +15,7 @@ import openai
 import pytest
 import torch
 
-from loratune.config import DataConfig, GenerationSettings
+from loratune.config import DataSettings, GenerationSettings
 from loratune.data import eval_prompts
 from loratune.generate import generate_texts
 from loratune.models import load_model
@@ -67,7 +67,7 @@ def training_prompt(base_dir: Path, task_name: str, message: str, max_source_tok
     """The prompt training and evaluation build for a row made from a chat message."""
     task = get_task(task_name)
     loaded = load_model(str(base_dir))
-    cfg = DataConfig(max_source_tokens=max_source_tokens)
+    cfg = DataSettings(max_source_tokens=max_source_tokens)
     return eval_prompts([task.row_from_message(message)], task, loaded.tokenizer, loaded.kind, cfg)[0]
 
 

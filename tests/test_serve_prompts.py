@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from loratune.config import DataConfig
+from loratune.config import DataSettings
 from loratune.data import eval_prompts
 from loratune.models import load_model
 from loratune.serve.prompts import (
@@ -49,7 +49,7 @@ def test_adapter_prompt_is_the_training_prompt(llama, t5, task_name, message):
                                   [{"role": "system", "content": "ignored"}, *user("an earlier question"),
                                    {"role": "assistant", "content": "an earlier answer"}, *user(message)])
         task = get_task(task_name)
-        cfg = DataConfig(max_source_tokens=512, system_prompt="Be exact.")
+        cfg = DataSettings(max_source_tokens=512, system_prompt="Be exact.")
         assert built.text == eval_prompts([task.row_from_message(message)], task, loaded.tokenizer, loaded.kind, cfg)[0]
         assert built.task_kind == task.kind and built.warnings == []
         assert "earlier" not in built.text  # task adapters answer the latest message alone
@@ -93,7 +93,7 @@ def test_truncation_matches_training_and_is_reported(llama):
     built = build_chat_prompt(profile, llama.tokenizer, llama.kind, user(message))
     task = get_task("finance-alpaca")
     expected = eval_prompts([task.row_from_message(message)], task, llama.tokenizer, llama.kind,
-                            DataConfig(max_source_tokens=20))[0]
+                            DataSettings(max_source_tokens=20))[0]
     assert built.text == expected
     original = len(llama.tokenizer(task.prompt(task.row_from_message(message)), add_special_tokens=False)["input_ids"])
     assert built.warnings == [f"the prompt was truncated to 20 tokens (it had {original}), the adapter's "

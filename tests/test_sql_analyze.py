@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlglot
 
-from loratune.sql.analyze import analyze_query, literal_value
+from loratune.sql.analyze import analyze_query, literal_value, storable
 from loratune.sql.schema import parse_schema
 
 CONTEXT = ("CREATE TABLE student (stuid VARCHAR, age VARCHAR, sex VARCHAR, fname VARCHAR); "
@@ -76,3 +76,20 @@ def test_double_quoted_names_that_name_no_column_are_strings() -> None:
 def test_constants_per_column_are_capped() -> None:
     facts = facts_of("SELECT fname FROM student WHERE age IN (" + ", ".join(str(i) for i in range(500)) + ")")
     assert len(facts.numbers[("student", "age")]) == 24
+
+
+def test_literals_read_as_sqlite_reads_them_and_only_storable_ones_are_planted() -> None:
+    def value(sql: str):
+        return literal_value(sqlglot.parse_one(f"SELECT {sql}", read="sqlite").selects[0])
+
+    # past 64 bits SQLite reads an integer literal as a REAL; 1e999 is infinite
+    assert value("123456789012345678901234567890") == 1.2345678901234568e29
+    assert isinstance(value("123456789012345678901234567890"), float) and value("-9223372036854775808") == -(2.0**63)
+    assert value("9007199254740993") == 9007199254740992 and isinstance(value("9007199254740993"), int)
+    assert value("1e999") == float("inf") and value("-1e999") == float("-inf")
+    assert [storable(v) for v in (1, 1e308, float("inf"), float("nan"), "é", "a\u0000b", "\ud800")] == [
+        True, True, False, False, True, True, False]
+    facts = facts_of("SELECT fname FROM student WHERE age > 1e999 AND sex = '\ud800' AND stuid = 123456789012345678901234567890"
+                     " GROUP BY fname HAVING count(*) > 1e999")
+    assert facts.numbers == {("student", "stuid"): {1.2345678901234568e29}} and facts.strings == {}
+    assert facts.group_sizes == {} and facts.loose_numbers == {1.2345678901234568e29}

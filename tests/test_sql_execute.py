@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from loratune.errors import SqlError
 from loratune.sql.execute import memory_database, read_only_copy, run_query
 
 
@@ -50,13 +51,13 @@ def test_deadline_stops_an_endless_recursive_cte(conn: sqlite3.Connection) -> No
     result = run_query(conn, "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", timeout_s=0.3)
     elapsed = time.perf_counter() - started
     assert result.timed_out and result.runaway and "time limit" in result.error
-    assert 0.25 < elapsed < 0.8
+    assert 0.25 < elapsed < 1.5  # 5x the limit: a loaded runner is slow, and this checks the stop, not speed
 
 
 def test_deadline_stops_a_huge_cross_join(conn: sqlite3.Connection) -> None:
     started = time.perf_counter()
     result = run_query(conn, "SELECT count(*) FROM " + ", ".join(f"t AS t{i}" for i in range(10)), timeout_s=0.3)
-    assert result.timed_out and time.perf_counter() - started < 0.8
+    assert result.timed_out and time.perf_counter() - started < 1.5
 
 
 def test_row_cap(conn: sqlite3.Connection) -> None:
@@ -96,3 +97,11 @@ def test_result_size_cap_on_wide_rows(conn: sqlite3.Connection) -> None:
     sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000) SELECT zeroblob(90000), zeroblob(90000) FROM n"
     result = run_query(conn, sql, timeout_s=2)
     assert result.runaway and "bytes" in result.error
+
+
+@pytest.mark.parametrize("value", [2**70, -(2**63) - 1, "\ud800"])
+def test_a_value_sqlite_cannot_store_is_an_sql_error_naming_the_table(value: object) -> None:
+    with pytest.raises(SqlError, match=r"rows of table 't'"):
+        memory_database(["CREATE TABLE t (a)"], {"t": (["a"], [(1,), (value,)])})
+    with pytest.raises(SqlError, match="schema"):
+        memory_database(["CREATE TABLE t (a", "SELECT 1"])

@@ -35,7 +35,7 @@ def test_read_gold_errors_name_file_line_and_key(tmp_path: Path) -> None:
     path.write_text(json.dumps({"context": CONTEXT, "answer": "SELECT 1"}) + "\n" + json.dumps({"context": CONTEXT, "sql": "x"}) + "\n")
     with pytest.raises(DataError, match=r"gold\.jsonl:2: .*'answer'.*context, sql"):
         read_gold(path)
-    with pytest.raises(DataError, match="does not exist"):
+    with pytest.raises(DataError, match="file not found"):
         read_gold(tmp_path / "missing.jsonl")
 
 
@@ -79,3 +79,37 @@ def test_sql_eval_files_end_to_end(tmp_path: Path) -> None:
     assert sql_eval_files(gold, preds, num_dbs=4)["execution_accuracy_real_db"] is None
     with pytest.raises(SqlError, match="nowhere"):
         sql_eval_files(gold, preds, db_dir=tmp_path / "nowhere")
+
+
+def test_a_torn_last_line_is_left_out_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What a killed writer leaves: a last line with no newline that does not parse (records.py's policy)."""
+    gold = write_gold(tmp_path / "gold.jsonl", [{"context": CONTEXT, "answer": "SELECT 1"}] * 2)
+    preds = tmp_path / "preds.jsonl"
+    full = json.dumps({"prediction": "SELECT 1"}) + "\n"
+    preds.write_text(full * 2 + '{"prediction": "SEL')
+    assert read_predictions(preds, 2) == ["SELECT 1", "SELECT 1"]
+    assert "last line is cut off" in caplog.text
+    preds.write_text(full + '{"prediction": "SEL')
+    with pytest.raises(SqlError, match=r"has 1 predictions \(its torn last line was left out\) but the gold has 2"):
+        read_predictions(preds, 2)
+    preds.write_text(full + "{not json\n" + full)  # a broken line in the middle is an error naming it
+    with pytest.raises(DataError, match=r"preds\.jsonl:2: malformed JSON"):
+        read_predictions(preds, 3)
+    gold.write_text(gold.read_text() + '{"context": "CREATE')
+    assert len(read_gold(gold)) == 2
+
+
+def test_per_example_output_says_why_a_row_failed(tmp_path: Path) -> None:
+    gold = write_gold(tmp_path / "gold.jsonl", [{"context": CONTEXT, "answer": "SELECT name FROM singer"}] * 4)
+    preds = tmp_path / "preds.jsonl"
+    hostile = ["SELECT name FROM singer WHERE age = 123456789012345678901234567890", "DROP TABLE singer",
+               "SELECT name FROM singer WHERE name = '\ud800'", "SELECT name FROM singer"]
+    preds.write_text("".join(json.dumps({"prediction": p}) + "\n" for p in hostile))
+    out = tmp_path / "per.jsonl"
+    scores = sql_eval_files(gold, preds, num_dbs=2, per_example_path=out)
+    assert scores["n"] == 4 and scores["execution_accuracy"] == 1 / 4
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["prediction"] for r in rows] == hostile  # the lone surrogate is written escaped, and reads back
+    assert rows[0]["error"] is None and rows[0]["valid"] and not rows[0]["exec_match"]
+    assert "only SELECT" in rows[1]["error"] and "surrogate" in rows[2]["error"]
+    assert rows[3]["exec_match"] and rows[3]["error"] is None

@@ -64,3 +64,11 @@ def test_numeric_strings_count_as_numbers() -> None:
     plan = plan_for("SELECT name FROM concert AS c JOIN stadium AS s ON c.stadium_id = s.stadium_id WHERE c.year = '2014'")
     assert kind(plan, "concert", "year") == "int"
     assert plan.domains[plan.domain_of[("concert", "year")]].numbers == {2014}
+
+
+def test_numbers_no_row_can_hold_are_not_planned() -> None:
+    plan = plan_for("SELECT name FROM stadium WHERE capacity > 5000 AND notes = 'nan' AND name = '1e999'",
+                    "SELECT name FROM stadium WHERE capacity = '123456789012345678901234567890' AND notes = 'inf'")
+    numbers = {n for d in plan.domains for n in d.numbers}
+    assert numbers == {5000, 1.2345678901234568e29}
+    assert [d.kind for d in plan.domains if d.name in ("notes", "name")] == ["text", "text"]

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from loratune.sql.safety import MAX_SQL_CHARS, ParsedQuery, Rejected, clean_sql, parse_query
+from loratune.sql.safety import MAX_DEPTH, MAX_SQL_CHARS, ParsedQuery, Rejected, clean_sql, parse_query
 
 
 def test_strips_one_trailing_semicolon() -> None:
@@ -50,3 +50,16 @@ def test_syntax_bombs_are_refused_quickly() -> None:
         assert isinstance(result, Rejected)
         assert time.perf_counter() - started < 1.0
     assert "longer than" in parse_query("SELECT '" + "x" * MAX_SQL_CHARS + "'").reason
+
+
+def test_deep_trees_odd_text_and_parser_failures_are_refused_with_a_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    chain = "SELECT a FROM t WHERE " + " OR ".join(f"a = {i}" for i in range(MAX_DEPTH + 10))
+    assert parse_query(chain).reason == f"query nested more than {MAX_DEPTH} levels deep"
+    assert isinstance(parse_query("SELECT a FROM t WHERE " + " OR ".join(f"a = {i}" for i in range(50))), ParsedQuery)
+    assert "lone surrogate at character 8" in parse_query("SELECT '\ud800'").reason
+
+    def broken(*_args, **_kwargs):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr("loratune.sql.safety.sqlglot.parse", broken)
+    assert parse_query("SELECT 1").reason == "does not parse: IndexError: list index out of range"

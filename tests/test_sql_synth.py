@@ -88,3 +88,17 @@ def test_nulls_and_duplicates_except_in_the_clean_database() -> None:
 def test_fill_is_a_pure_function_of_the_generator() -> None:
     plan = plan_for()
     assert fill_database(plan, random.Random(5), clean=False) == fill_database(plan, random.Random(5), clean=False)
+
+
+def test_huge_constants_leave_every_value_storable() -> None:
+    """A prediction comparing with 1e300 or a 30-digit integer once made the synthesizer draw
+    integers SQLite cannot hold (OverflowError) or NaN ranges (ValueError)."""
+    context = "CREATE TABLE singer (name VARCHAR, age INTEGER, rate REAL)"
+    plan = plan_for("SELECT name FROM singer WHERE age > 20 AND rate < 2.5",
+                    "SELECT name FROM singer WHERE age > 123456789012345678901234567890 OR age < -1e300 OR rate = 1e308",
+                    "SELECT name FROM singer WHERE age = 9223372036854775807 OR age = -9223372036854775808",
+                    context=context)
+    for conn in synthesize_databases(plan, num_dbs=8, seed="huge"):
+        values = [v for r in rows(conn, "singer") for v in r[1:] if v is not None]
+        assert all(abs(v) < 2**63 for v in values if isinstance(v, int))
+        assert 1.2345678901234568e29 in values or 1e308 in values or -1e300 in values  # constants still planted

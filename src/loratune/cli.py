@@ -27,6 +27,11 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _is_main_process() -> bool:
+    """False in the non-zero ranks of a torchrun / accelerate launch."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from loratune.config import load_config
     from loratune.train import train_run
@@ -44,9 +49,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     result = train_run(cfg, resume=args.resume, overwrite=args.overwrite)
+    if not _is_main_process():  # under torchrun, evaluation and the report run once
+        return 0
     evaluate_run(result.run_dir, limit=args.limit)
     md, html = write_report(result.run_dir)
     print(f"Report: {md} and {html}")
+    return 0
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    from loratune.pipeline import run_pipeline
+
+    run_pipeline(args.config, args.overrides, overwrite=args.overwrite, limit=args.limit)
     return 0
 
 
@@ -116,6 +130,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for entry in list_models():
         state = f"pulled: {entry['path']}" if entry["pulled"] else "not pulled (loratune models pull NAME)"
         print(f"{entry['name']:<24} {entry['description']}  [{state}]")
+        print(f"{'':<24} licence: {entry['license']}")
     return 0
 
 
@@ -124,6 +139,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
     path = merge_adapter(args.run_dir, args.output, base=args.base)
     print(f"Merged model written to {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from loratune.export import export_run
+
+    result = export_run(args.run_dir, args.output, fmt=args.format, outtype=args.outtype, base=args.base)
+    print(f"Exported {result.tensors} tensors to {result.path}")
+    if result.modelfile is not None:
+        print(f"Ollama: ollama create NAME -f {result.modelfile}")
     return 0
 
 
@@ -177,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="evaluate on at most N held-out rows")
     p.set_defaults(handler=cmd_run)
 
+    p = sub.add_parser("pipeline", help="train stages in order (each continues the last), then the forgetting matrix")
+    p.add_argument("config", help="YAML pipeline file: name, output_dir, stages (see configs/pipeline-text2sql.yaml)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a run config key in every stage, e.g. --set train.max_steps=20 (repeatable)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="retrain stages whose run directories exist")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on at most N rows of each eval set")
+    p.set_defaults(handler=cmd_pipeline)
+
     p = sub.add_parser("eval", help="evaluate a run's adapter against its base model")
     p.add_argument("run_dir")
     p.add_argument("--limit", type=int, default=None)
@@ -208,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--base", default=None, help="base model (default: the one the adapter was trained on)")
     p.set_defaults(handler=cmd_merge)
+
+    p = sub.add_parser("export", help="write a run as GGUF for llama.cpp / Ollama (merged, or the adapter alone)")
+    p.add_argument("run_dir")
+    p.add_argument("--format", default="gguf", help="gguf (merged model + Modelfile) or gguf-lora (adapter alone)")
+    # Checked by the library, not argparse `choices`, so a bad value is our one-line error.
+    p.add_argument("--outtype", default="f16", help="f32, f16 or q8_0 (default f16)")
+    p.add_argument("--output", required=True, help="the .gguf file to write")
+    p.add_argument("--base", default=None, help="base model (default: the one the adapter was trained on)")
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("sql-eval", help="judge SQL predictions by execution")
     p.add_argument("--gold", required=True, help="JSONL with context, answer and optional db_id")

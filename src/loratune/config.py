@@ -22,7 +22,7 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
 
 @dataclass
-class DataConfig:
+class DataSettings:
     """Where rows come from and how long they may be."""
 
     train: Optional[str] = None
@@ -80,12 +80,17 @@ class TrainSettings:
     weight_decay: float = 0.0
     batch_size: Union[int, Literal["auto"]] = 8
     """Rows per device step, or `auto` (CUDA: find the largest that fits)."""
+    batch_tokens: Optional[int] = None
+    """Causal LMs: size training batches by padded tokens (rows x longest row) instead of
+    `batch_size` rows; None keeps row batches. Evaluation still uses `batch_size`."""
     grad_accum: int = 1
     seed: int = 42
     precision: Precision = "auto"
     """`auto`: bf16 autocast where the hardware has it (CPU included), else fp32. T5 never fp16."""
-    weights_dtype: Literal["fp32", "bf16"] = "fp32"
-    """Dtype the base weights are loaded in. The original recipe loaded bf16 weights."""
+    weights_dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """Dtype the frozen base weights are stored in. `auto`: bf16 when training computes in bf16
+    (so autocast need not re-cast every weight at every step), else fp32. LoRA weights and their
+    optimizer state stay fp32 either way. The original recipe loaded bf16 weights."""
     eval_steps: Optional[int] = None
     """Eval loss every N steps; None evaluates once per epoch."""
     eval_loss_rows: Optional[int] = None
@@ -93,7 +98,12 @@ class TrainSettings:
     evaluation (`eval.limit`) is separate."""
     logging_steps: int = 10
     save_steps: Optional[int] = None
-    """Checkpoint every N steps; None checkpoints with each evaluation."""
+    """Checkpoint every N steps (a multiple of eval_steps, so the best checkpoint can be kept);
+    None checkpoints with each evaluation."""
+    max_minutes: Optional[float] = None
+    """Train for about this many minutes: the first steps are timed, then the number of steps is
+    fixed so the run (evaluations included) ends within the budget, and the LR schedule is fitted
+    to that length so it runs whole. `epochs` / `max_steps` stay upper bounds."""
     save_total_limit: int = 2
     group_by_length: bool = True
     """Batch rows of similar length together, so dynamic padding wastes little."""
@@ -142,6 +152,10 @@ class EvalSettings:
     sql: SqlEvalSettings = field(default_factory=SqlEvalSettings)
     bootstrap_samples: int = 1000
     seed: int = 0
+    progress_rows: Optional[int] = None
+    """After training, score each saved checkpoint on this many eval rows by execution accuracy
+    and draw plots/accuracy_vs_time.png (SQL tasks; None: off). Keep checkpoints with
+    train.eval_steps and a train.save_total_limit that covers them."""
 
 
 @dataclass
@@ -153,7 +167,7 @@ class RunConfig:
     """Built-in name, hub id, local directory, or .gguf file."""
     task: str = "prompt-completion"
     output_dir: str = "runs"
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataSettings = field(default_factory=DataSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
@@ -259,6 +273,15 @@ def validate(cfg: RunConfig, source: str) -> RunConfig:
     for key, ok, why in checks:
         if not ok:
             raise bad(key, why)
+    if cfg.train.max_minutes is not None and cfg.train.max_minutes <= 0:
+        raise bad("train.max_minutes", "must be positive (or null for no time budget)")
+    if cfg.train.save_steps is not None:
+        if not cfg.train.eval_steps:
+            raise bad("train.save_steps", "needs train.eval_steps (checkpoints are kept by their eval loss)")
+        if cfg.train.save_steps < 1 or cfg.train.save_steps % cfg.train.eval_steps:
+            raise bad("train.save_steps", f"must be a positive multiple of train.eval_steps ({cfg.train.eval_steps})")
+    if cfg.train.batch_tokens is not None and cfg.train.batch_tokens < 1:
+        raise bad("train.batch_tokens", "must be at least 1 (or null for row batches)")
     if isinstance(cfg.train.batch_size, int) and cfg.train.batch_size < 1:
         raise bad("train.batch_size", "must be at least 1 or 'auto'")
     if cfg.data.drop_percentile is not None and not 0 < cfg.data.drop_percentile <= 100:
@@ -271,6 +294,8 @@ def validate(cfg: RunConfig, source: str) -> RunConfig:
             raise bad(f"data.{key}", "must be at least 1")
     if cfg.eval.limit is not None and cfg.eval.limit < 1:
         raise bad("eval.limit", "must be at least 1 (or null for all rows)")
+    if cfg.eval.progress_rows is not None and cfg.eval.progress_rows < 1:
+        raise bad("eval.progress_rows", "must be at least 1 (or null to skip accuracy against time)")
     from loratune.tasks import TASKS  # imported here: tasks import nothing from config
 
     if cfg.task not in TASKS:

@@ -8,7 +8,6 @@ loss (and the gradient) comes from the answer alone.
 from __future__ import annotations
 
 import csv
-import json
 import random
 import socket
 from dataclasses import dataclass, field
@@ -17,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from loratune.config import DataConfig
+from loratune.config import DataSettings
 from loratune.errors import DataError
+from loratune.records import read_json, read_jsonl
 from loratune.tasks import Task
 from loratune.tasks.base import Prompt
 
@@ -30,27 +30,11 @@ LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: malformed JSON line ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
-            row["_line"] = number
-            rows.append(row)
-    return rows
+    return list(read_jsonl(path, number_rows=True))  # the shared reader: file:line in every error
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    data = read_json(path)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -148,7 +132,7 @@ def check_columns(rows: list[dict[str, Any]], task: Task) -> None:
             raise DataError(f"{row.get('_source', '<data>')}:{row.get('_line', '?')}: {exc}") from None
 
 
-def load_splits(cfg: DataConfig, task: Task, seed: int) -> tuple[list[dict], list[dict]]:
+def load_splits(cfg: DataSettings, task: Task, seed: int) -> tuple[list[dict], list[dict]]:
     """Train and eval rows: the eval file when given, else a seeded split of the training rows.
 
     Deterministic for a given config and seed, so evaluation later sees exactly the rows that
@@ -282,7 +266,7 @@ def tokenize_rows(
     task: Task,
     tokenizer: Any,
     kind: str,
-    cfg: DataConfig,
+    cfg: DataSettings,
 ) -> tuple[list[dict[str, list[int]]], LengthStats]:
     """Render, measure, truncate or drop, and tokenize rows. Returns features and length stats."""
     use_template = wants_chat_template(tokenizer, kind, cfg.use_chat_template)
@@ -315,7 +299,7 @@ def tokenize_rows(
     return features, stats
 
 
-def eval_prompts(rows: list[dict[str, Any]], task: Task, tokenizer: Any, kind: str, cfg: DataConfig) -> list[str]:
+def eval_prompts(rows: list[dict[str, Any]], task: Task, tokenizer: Any, kind: str, cfg: DataSettings) -> list[str]:
     """Rendered prompts for generation: the same text training put before the answer."""
     use_template = wants_chat_template(tokenizer, kind, cfg.use_chat_template)
     prompts = []

@@ -40,6 +40,11 @@ class AdapterError(LoratuneError):
     LoRA would train zero parameters."""
 
 
+class RunDirError(LoratuneError):
+    """Raised when a run directory is missing or is not one, already holds an earlier run
+    (an adapter or a checkpoint), has nothing to resume, or is in use by another training."""
+
+
 class SqlError(LoratuneError):
     """Raised when SQL evaluation inputs are malformed (misaligned gold and predictions,
     missing database directory)."""
@@ -47,3 +52,29 @@ class SqlError(LoratuneError):
 
 class ServeError(LoratuneError):
     """Raised when the server cannot start with the given adapters or options."""
+
+
+class ExportError(LoratuneError):
+    """Raised when a run cannot be exported (GGUF, Ollama): bad --format or --outtype, an output that
+    already exists, or an architecture, tokenizer or adapter option the target format cannot express."""
+
+
+class RequestError(ServeError):
+    """Raised while handling an HTTP request that cannot be served as asked (bad parameter,
+    unknown model, prompt over the context, adapter folder outside `--adapter-root`). The server
+    answers with `status` and an OpenAI-style error body naming the offending parameter."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class AdapterExists(ServeError):
+    """Raised when an adapter is loaded under a name already in use (HTTP 409)."""
+
+
+class QueueFull(ServeError):
+    """Raised when the server's bounded request queue is full (HTTP 429: retry shortly)."""

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from loratune import catalog
-from loratune.errors import ModelError
+from loratune.errors import ConfigError, ModelError
 
 ModelKind = Literal["seq2seq", "causal"]
 SourceKind = Literal["catalog", "local", "gguf", "hub"]
@@ -211,11 +211,21 @@ def detect_kind(config: Any) -> ModelKind:
     )
 
 
+PRECISION_ENV = "LORATUNE_PRECISION"
+
+
 def bf16_supported(device: str | torch.device | None = None) -> bool:
     """Whether `device` computes in bfloat16 natively (so bf16 training is fast, not emulated).
 
     CUDA asks torch; CPU needs AVX-512 BF16 or AMX (read from /proc/cpuinfo, else oneDNN).
+    `LORATUNE_PRECISION=fp32|bf16` forces the answer, so the bf16 path can be exercised (emulated,
+    slowly) on a CPU without native bf16, and the fp32 path on one with it: the test suite runs both.
     """
+    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
+    if forced:
+        if forced not in ("fp32", "bf16"):
+            raise ConfigError(f"{PRECISION_ENV}={forced!r}: use fp32 or bf16, or unset it")
+        return forced == "bf16"
     device_type = torch.device(device).type if device is not None else (
         "cuda" if torch.cuda.is_available() else "cpu")
     if device_type == "cuda":
@@ -277,7 +287,7 @@ def _quantization_kwargs(resolved: ResolvedSource, load_in_4bit: bool, device: s
     return {}
 
 
-def _ensure_pad_token(tokenizer: Any, model: Any, kind: ModelKind) -> None:
+def _ensure_pad_token(tokenizer: Any, kind: ModelKind) -> None:
     """Batching needs a pad token; decoder-only models often ship without one, so reuse eos."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
@@ -286,27 +296,32 @@ def _ensure_pad_token(tokenizer: Any, model: Any, kind: ModelKind) -> None:
                 "add one to its tokenizer_config.json"
             )
         tokenizer.pad_token = tokenizer.eos_token
-    for config in (model.config, getattr(model, "generation_config", None)):
-        if config is not None and getattr(config, "pad_token_id", None) is None:
-            config.pad_token_id = tokenizer.pad_token_id
 
 
-def load_model(
-    source: str,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: str | None = None,
-    load_in_4bit: bool = False,
-    pull: bool = True,
-) -> LoadedModel:
-    """Load model + tokenizer from any source (see module doc) and detect seq2seq vs causal.
+@dataclass
+class ModelInfo:
+    """What can be known of a model without loading its weights: where it is, its config, its
+    type (seq2seq or causal) and its tokenizer. Reading it takes about a second, so training checks
+    the data against it before loading anything big."""
 
-    `device` None picks CUDA when available, else CPU. `load_in_4bit` is QLoRA (CUDA only).
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    resolved: ResolvedSource
+    config: Any
+    kind: ModelKind
+    tokenizer: Any
+
+    @property
+    def common_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"local_files_only": self.resolved.local_files_only}
+        if self.resolved.gguf_file:
+            kwargs["gguf_file"] = self.resolved.gguf_file
+        return kwargs
+
+
+def inspect_model(source: str, *, pull: bool = True) -> ModelInfo:
+    """Resolve `source` and read its config and tokenizer, but not its weights."""
+    from transformers import AutoConfig, AutoTokenizer
 
     resolved = resolve_source(source, pull=pull)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     common: dict[str, Any] = {"local_files_only": resolved.local_files_only}
     if resolved.gguf_file:
         common["gguf_file"] = resolved.gguf_file
@@ -317,15 +332,43 @@ def load_model(
             f"could not read the model config of {source!r} ({resolved.path}): {error}"
         ) from error
     kind = detect_kind(config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolved.path, **common)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise ModelError(f"could not load the tokenizer of {source!r} from {resolved.path}: {error}") from error
+    _ensure_pad_token(tokenizer, kind)
+    return ModelInfo(resolved, config, kind, tokenizer)
+
+
+def load_model(
+    source: str,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | None = None,
+    load_in_4bit: bool = False,
+    pull: bool = True,
+    info: ModelInfo | None = None,
+) -> LoadedModel:
+    """Load model + tokenizer from any source (see module doc) and detect seq2seq vs causal.
+
+    `device` None picks CUDA when available, else CPU. `load_in_4bit` is QLoRA (CUDA only).
+    `info` reuses an `inspect_model` result (its tokenizer included) instead of reading it again.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    info = info or inspect_model(source, pull=pull)
+    resolved, kind, tokenizer = info.resolved, info.kind, info.tokenizer
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
-    kwargs = {**common, **_quantization_kwargs(resolved, load_in_4bit, device)}
+    kwargs = {**info.common_kwargs, **_quantization_kwargs(resolved, load_in_4bit, device)}
     try:
         model = model_class.from_pretrained(resolved.path, dtype=dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(resolved.path, **common)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ModelError(f"could not load {kind} model {source!r} from {resolved.path}: {error}") from error
     if not load_in_4bit:
         model.to(device)
-    _ensure_pad_token(tokenizer, model, kind)
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is not None and getattr(config, "pad_token_id", None) is None:
+            config.pad_token_id = tokenizer.pad_token_id
     has_template = bool(getattr(tokenizer, "chat_template", None))
     return LoadedModel(model, tokenizer, kind, source, resolved.path, has_template)

@@ -1,14 +1,13 @@
 """The report's figures: loss curves with epoch boundaries, base-vs-LoRA metric bars.
 
-`plot_losses` and `plot_metrics` read the run files they need (with `read_json` / `read_jsonl`,
-which `report.py` shares) and call the `draw_*` functions, which only draw plain numbers.
+`plot_losses` and `plot_metrics` read the run files they need (through `run_dir.load_run`, which
+`report.py` shares) and call the `draw_*` functions, which only draw plain numbers.
 Figures are built with matplotlib's object API (`Figure`, no pyplot): PNGs render through Agg on
 headless machines, and importing this module never changes the caller's global backend.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -17,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from loratune.errors import AdapterError, DataError
+from loratune.run_dir import load_run
 from loratune.metrics import METRIC_LABELS
 
 BASE_COLOR = "#7f8fa6"
@@ -172,46 +171,6 @@ def draw_metric_bars(
 # ---------------------------------------------------------------- from a run directory
 
 
-def read_json(path: Path) -> Any:
-    """A JSON file's value, None when the file does not exist; DataError naming file and line
-    when it is malformed."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg}); re-run the step that wrote it") from None
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]] | None:
-    """Rows of a JSON-lines file, None when it does not exist. A malformed last line is skipped
-    (a run still writing, or killed mid-write, leaves half a line); any other is a DataError."""
-    if not path.is_file():
-        return None
-    lines = path.read_text(encoding="utf-8").splitlines()
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break
-            raise DataError(f"{path}: line {number}: invalid JSON ({exc.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}: line {number}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
-def _run_path(run_dir: str | Path) -> Path:
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise AdapterError(f"{path}: run directory not found")
-    return path
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -220,8 +179,9 @@ def plot_losses(run_dir: str | Path) -> list[Path]:
     """Draw plots/train_loss.png and plots/eval_loss.png from the Trainer log (metrics.jsonl)
     against the optimizer step, epoch boundaries marked; the eval curve starts with
     run_summary.json's `eval_loss_start` when there is one. Returns the files written."""
-    path = _run_path(run_dir)
-    log = [r for r in read_jsonl(path / "metrics.jsonl") or [] if _is_number(r.get("step"))]
+    run = load_run(run_dir)
+    path = run.path
+    log = [r for r in run.log or [] if _is_number(r.get("step"))]
     timeline = [(r["step"], r["epoch"]) for r in log if _is_number(r.get("epoch"))]
     bounds = epoch_boundaries([s for s, _ in timeline], [e for _, e in timeline]) if timeline else []
     out = []
@@ -230,7 +190,7 @@ def plot_losses(run_dir: str | Path) -> list[Path]:
         steps, losses = zip(*train)
         out.append(draw_train_loss(path / "plots" / "train_loss.png", steps, losses, bounds))
     evals = [(r["step"], r["eval_loss"]) for r in log if _is_number(r.get("eval_loss"))]
-    start = (read_json(path / "run_summary.json") or {}).get("eval_loss_start")
+    start = (run.summary or {}).get("eval_loss_start")
     if evals:  # the loss before training alone is one point, not a curve
         steps, losses = zip(*evals)
         out.append(draw_eval_loss(path / "plots" / "eval_loss.png", steps, losses, bounds, start))
@@ -240,8 +200,9 @@ def plot_losses(run_dir: str | Path) -> list[Path]:
 def plot_metrics(run_dir: str | Path) -> Path | None:
     """Draw plots/metrics.png: base vs LoRA bars for every metric in metrics.json that both
     have a value for. None when the run has not been evaluated."""
-    path = _run_path(run_dir)
-    metrics = read_json(path / "metrics.json") or {}
+    run = load_run(run_dir)
+    path = run.path
+    metrics = run.metrics or {}
     base, lora = metrics.get("base") or {}, metrics.get("lora") or {}
     keys = [k for k in METRIC_LABELS if _is_number(base.get(k)) and _is_number(lora.get(k))]
     if not keys:

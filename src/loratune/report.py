@@ -11,80 +11,23 @@ from __future__ import annotations
 
 import base64
 import html
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from loratune.errors import AdapterError, DataError
+from loratune.errors import LoratuneError
 from loratune.metrics import METRIC_LABELS, ROUGE_TYPES, SQL_METRICS
-from loratune.plots import plot_losses, plot_metrics, read_json, read_jsonl
+from loratune.plots import plot_losses, plot_metrics
+from loratune.run_dir import RunFiles, load_run
 
 __all__ = ["RunFiles", "load_run", "format_metrics_tables", "plot_losses", "plot_metrics", "write_report",
            "compare_runs"]
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "run_summary.json", "data_stats.json", "metrics.json", "predictions.jsonl")
 ROUGE_COLUMNS = tuple((key, METRIC_LABELS[key]) for key in ROUGE_TYPES)
 ALWAYS_ROWS = tuple((key, METRIC_LABELS[key]) for key in ("exact_match", "bleu", "chrf"))
 SQL_ROWS = tuple((key, METRIC_LABELS[key]) for key in SQL_METRICS)
 SAMPLE_COUNT = 10
 
 Table = tuple[list[str], list[list[str]]]
-
-
-# ---------------------------------------------------------------- reading a run directory
-
-
-@dataclass
-class RunFiles:
-    """The parsed contents of one run directory; None where a file is absent."""
-
-    path: Path
-    config: dict[str, Any] | None
-    log: list[dict[str, Any]] | None
-    summary: dict[str, Any] | None
-    data_stats: dict[str, Any] | None
-    metrics: dict[str, Any] | None
-    predictions: list[dict[str, Any]] | None
-
-    @property
-    def name(self) -> str:
-        return str((self.config or {}).get("name") or self.path.name)
-
-
-def load_run(run_dir: str | Path) -> RunFiles:
-    """Read every known file of a run directory. Raises AdapterError when the directory does
-    not exist or holds none of the run files."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise AdapterError(f"{path}: run directory not found")
-    if not any((path / name).is_file() for name in RUN_FILES):
-        raise AdapterError(
-            f"{path}: not a run directory (expected at least one of {', '.join(RUN_FILES)}); "
-            "pass a directory under runs/ written by training"
-        )
-    config = None
-    if (path / "config.yaml").is_file():
-        try:
-            config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise DataError(f"{path / 'config.yaml'}: invalid YAML: {exc}") from None
-    objects = {}
-    for name in ("run_summary.json", "data_stats.json", "metrics.json"):
-        value = read_json(path / name)
-        if value is not None and not isinstance(value, dict):
-            raise DataError(f"{path / name}: expected a JSON object, got {type(value).__name__}")
-        objects[name] = value
-    return RunFiles(
-        path=path,
-        config=config if isinstance(config, dict) else None,
-        log=read_jsonl(path / "metrics.jsonl"),
-        summary=objects["run_summary.json"],
-        data_stats=objects["data_stats.json"],
-        metrics=objects["metrics.json"],
-        predictions=read_jsonl(path / "predictions.jsonl"),
-    )
 
 
 # ---------------------------------------------------------------- metric tables
@@ -245,7 +188,8 @@ def report_blocks(run: RunFiles, images: dict[str, Path]) -> list[Block]:
     summary, config, metrics = run.summary or {}, run.config or {}, run.metrics or {}
     model = summary.get("model") or metrics.get("model") or config.get("model") or "unknown"
     task = summary.get("task") or metrics.get("task") or config.get("task") or "unknown"
-    kind = f" ({summary['kind']})" if summary.get("kind") else ""
+    model_type = summary.get("model_type") or summary.get("kind")  # `kind` in runs before 0.2
+    kind = f" ({model_type})" if model_type else ""
     blocks: list[Block] = [("h1", f"LoRA run report: {run.name}"), ("p", f"Model: {model}{kind}. Task: {task}.")]
     if config:
         blocks.append(("p", "Settings: " + _settings_line(config)))
@@ -382,10 +326,10 @@ def _pair(metrics: dict[str, Any], key: str) -> str:
 def compare_runs(run_dirs: list[Path]) -> str:
     """One markdown table across runs: model, task, rows, LoRA / Base for ROUGE-L, exact match
     (and execution accuracy when any run has it), final eval loss. A directory that is not a run
-    raises AdapterError naming it."""
+    raises LoratuneError naming it."""
     runs = [load_run(d) for d in run_dirs]
     if not runs:
-        raise AdapterError("compare: no run directories given; pass one or more directories under runs/")
+        raise LoratuneError("compare: no run directories given; pass one or more directories under runs/")
     with_exec = any(((r.metrics or {}).get(s) or {}).get("execution_accuracy") is not None
                     for r in runs for s in ("base", "lora"))
     header = ["Run", "Model", "Task", "Train rows", "Eval examples", "ROUGE-L (LoRA / Base)",

@@ -11,6 +11,7 @@ extend it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -79,13 +80,28 @@ def literal_value(node: exp.Expression, schema: Schema | None = None) -> str | f
             value = float(node.this)
         except ValueError:
             return None
-        return int(value) if value.is_integer() else value
+        # an integer literal past SQLite's 64-bit range is read by SQLite as a REAL, so it stays a float
+        return int(value) if value.is_integer() and abs(value) < 2**63 else value
     if isinstance(node, exp.Neg):
         inner = literal_value(node.this, schema)
         return -inner if isinstance(inner, (int, float)) else None
     if isinstance(node, exp.Column) and is_string_identifier(node, schema):
         return node.name
     return None
+
+
+def storable(value: str | float) -> bool:
+    """Can the value go into a synthesized row? `1e999` is infinite and a string with a lone
+    surrogate (valid JSON, invalid UTF-8) cannot be stored: both stay in the query, where
+    SQLite answers for them, and are left out of the data planted for it."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+    return True
 
 
 def is_string_identifier(column: exp.Column, schema: Schema | None) -> bool:
@@ -190,6 +206,8 @@ def analyze_query(tree: exp.Expression, schema: Schema) -> QueryFacts:
 
     def note(key: Key, value: str | float, op: type = exp.EQ) -> None:
         """Record `key <op> value` (the column on the left)."""
+        if not storable(value):
+            return
         if sum(len(d.get(key, ())) for d in (facts.strings, facts.numbers, facts.likes)) >= MAX_CONSTANTS_PER_COLUMN:
             return
         if op in (exp.Like, exp.ILike, exp.Glob) and isinstance(value, str):
@@ -259,10 +277,10 @@ def analyze_query(tree: exp.Expression, schema: Schema) -> QueryFacts:
         elif isinstance(node, (exp.Literal, exp.Neg)) and not isinstance(node.parent, (exp.Neg, exp.Limit, exp.Offset)):
             value = literal_value(node)
             loose = facts.loose_strings if isinstance(value, str) else facts.loose_numbers
-            if value is not None and len(loose) < MAX_CONSTANTS_PER_COLUMN:
+            if value is not None and storable(value) and len(loose) < MAX_CONSTANTS_PER_COLUMN:
                 loose.add(value)
         elif isinstance(node, exp.Column) and is_string_identifier(node, schema):
-            if len(facts.loose_strings) < MAX_CONSTANTS_PER_COLUMN:
+            if storable(node.name) and len(facts.loose_strings) < MAX_CONSTANTS_PER_COLUMN:
                 facts.loose_strings.add(node.name)
     return facts
 
@@ -278,7 +296,7 @@ def _note_group_size(node: exp.Expression, facts: QueryFacts, key_of: Callable[[
     if isinstance(right, exp.Count) and not isinstance(left, exp.Count):
         left, right, op = right, left, _MIRROR.get(op, op)
     value = literal_value(right) if isinstance(left, exp.Count) and right is not None else None
-    if not isinstance(value, (int, float)) or op not in (exp.GT, exp.GTE, exp.EQ):
+    if not isinstance(value, (int, float)) or not storable(value) or op not in (exp.GT, exp.GTE, exp.EQ):
         return
     need = min(MAX_GROUP_SIZE, int(value) + (1 if op is exp.GT else 0))
     select = having.parent

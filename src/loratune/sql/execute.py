@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+from loratune.errors import SqlError
 from loratune.sql.schema import quote_identifier
 
 MAX_ROWS = 10_000
@@ -79,16 +80,24 @@ def memory_database(
     statements: list[str], rows: dict[str, tuple[list[str], list[tuple]]] | None = None
 ) -> sqlite3.Connection:
     """Build an in-memory database from DDL statements and rows (table -> (columns, rows)),
-    then guard it."""
+    then guard it. Raises SqlError naming the table when a statement or a value is refused
+    (a value SQLite cannot store, such as an integer past 64 bits): the judge makes that the
+    row's verdict."""
     conn = sqlite3.connect(":memory:", check_same_thread=False)
-    for statement in statements:
-        conn.execute(statement)
-    for table, (columns, values) in (rows or {}).items():
-        if values:
-            cols = ", ".join(quote_identifier(c) for c in columns)
-            marks = ", ".join("?" for _ in columns)
-            conn.executemany(f"INSERT INTO {quote_identifier(table)} ({cols}) VALUES ({marks})", values)
-    conn.commit()
+    table = ""
+    try:
+        for statement in statements:
+            conn.execute(statement)
+        for table, (columns, values) in (rows or {}).items():
+            if values:
+                cols = ", ".join(quote_identifier(c) for c in columns)
+                marks = ", ".join("?" for _ in columns)
+                conn.executemany(f"INSERT INTO {quote_identifier(table)} ({cols}) VALUES ({marks})", values)
+        conn.commit()
+    except (sqlite3.Error, OverflowError, ValueError, MemoryError) as err:
+        conn.close()
+        where = f"rows of table {table!r}" if table else "schema"
+        raise SqlError(f"cannot build the database ({where}): {type(err).__name__}: {err}") from err
     return guard_connection(conn)
 
 

@@ -5,7 +5,8 @@ Per row:
 - `valid`: the prediction parses (sqlglot, SQLite) as one read-only query and runs on the
   schema of the row's `context` (tables and columns exist), and no database it ran on had to
   stop it for time or result size;
-- `exact_match`: its normalised form (`normalize.py`) equals the gold's;
+- `exact_match`: its normalised form (`normalize.py`) equals the gold's, and SQLite accepts it
+  on the context wherever it accepts the gold;
 - `exec_match`: on every database synthesized for the pair (`num_dbs` of them, more where the
   gold's answer is empty or cut through ties on most; `plan.py`, `synth.py`) it returns the
   gold's result (`compare.py`), and the gold returns rows on at least one of them, so an
@@ -14,12 +15,15 @@ Per row:
   copied into memory read-only); None when the row has no database.
 The gold is trusted: columns it uses that the context lacks (sql-create-context's contexts
 are incomplete views of Spider's schemas) are added to the synthesized schema.
+Whatever a prediction holds, judging it ends in a verdict: a failure becomes the row's `error`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import sqlite3
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +37,8 @@ from loratune.sql.plan import plan_database
 from loratune.sql.safety import ParsedQuery, Rejected, parse_query
 from loratune.sql.schema import Schema, parse_schema
 from loratune.sql.synth import synthesize_database
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,9 +93,17 @@ def judge_sql(
     num_dbs: int = 8,
     seed: int = 0,
     timeout_s: float = 2.0,
+    row_timeout_s: float | None = None,
 ) -> SqlJudgement:
     """Judge each prediction against its gold (lists aligned by position). Deterministic for a
-    given `seed`: each row's databases are seeded from the seed and the row's own text."""
+    given `seed`: each row's databases are seeded from the seed and the row's own text.
+
+    Every prediction gets a verdict: whatever goes wrong while judging one row (a query that
+    runs too long, a value no database can hold, a bug in the judge) becomes that row's
+    `error` with `exec_match` False, and the next row is judged. `timeout_s` bounds each query;
+    `row_timeout_s` (default 10 x `timeout_s`) bounds a row's databases together, checked
+    between queries. Only faults in the call's own inputs (misaligned lists, a missing database)
+    raise SqlError."""
     if not len(golds) == len(predictions) == len(contexts):
         raise SqlError(
             f"SQL judging needs aligned lists: {len(golds)} gold queries, {len(predictions)} predictions, "
@@ -99,19 +113,34 @@ def judge_sql(
         raise SqlError(f"SQL judging got {len(db_ids)} db_ids for {len(golds)} gold queries")
     if num_dbs < 1:
         raise SqlError(f"num_dbs must be at least 1, got {num_dbs}")
-    judge = _Judge(num_dbs=num_dbs, seed=seed, timeout_s=timeout_s)
+    if timeout_s <= 0 or (row_timeout_s is not None and row_timeout_s <= 0):
+        raise SqlError(f"SQL time limits must be positive, got timeout_s={timeout_s}, row_timeout_s={row_timeout_s}")
+    row_timeout = row_timeout_s if row_timeout_s is not None else ROW_TIMEOUT_FACTOR * timeout_s
+    judge = _Judge(num_dbs=num_dbs, seed=seed, timeout_s=timeout_s, row_timeout_s=row_timeout)
     databases = _RealDatabases(Path(db_dir)) if db_dir is not None else None
     try:
         records = []
         for i, (gold, pred, context) in enumerate(zip(golds, predictions, contexts)):
             db_id = db_ids[i] if db_ids is not None else None
             real = databases.get(db_id) if databases is not None and db_id else None
-            records.append(judge.judge(gold, pred, context, real))
+            records.append(judge.judge_row(gold, pred, context, real))
         return SqlJudgement(records)
     finally:
         judge.close()
         if databases is not None:
             databases.close()
+
+
+ROW_TIMEOUT_FACTOR = 10
+"""A row may spend this many query time limits in all: each of its up to 3 x num_dbs databases
+runs the gold and the prediction, and a prediction that takes just under the limit on each
+must not hold the evaluation for minutes."""
+MAX_ERROR_CHARS = 500
+"""Errors are cut to this length: a message may quote the query, and a query may be 20,000 characters."""
+
+
+class _OutOfTime(Exception):
+    """Raised between queries when a row has spent its time; becomes the row's verdict."""
 
 
 class _RealDatabases:
@@ -162,8 +191,9 @@ class _Gold:
 class _Judge:
     """Holds per-call caches (schemas, schema databases, gold analyses) and the settings."""
 
-    def __init__(self, *, num_dbs: int, seed: int, timeout_s: float) -> None:
-        self.num_dbs, self.seed, self.timeout_s = num_dbs, seed, timeout_s
+    def __init__(self, *, num_dbs: int, seed: int, timeout_s: float, row_timeout_s: float) -> None:
+        self.num_dbs, self.seed, self.timeout_s, self.row_timeout_s = num_dbs, seed, timeout_s, row_timeout_s
+        self._row_deadline = float("inf")
         self._schemas: dict[str, Schema] = {}
         self._schema_dbs: dict[str, sqlite3.Connection] = {}
         self._golds: dict[tuple[str, str], _Gold] = {}
@@ -175,6 +205,8 @@ class _Judge:
             conn.close()
 
     def run(self, conn: sqlite3.Connection, sql: str) -> QueryResult:
+        if time.monotonic() > self._row_deadline:
+            raise _OutOfTime(f"stopped: judging this row passed its {self.row_timeout_s:g}s time limit")
         return run_query(conn, sql, timeout_s=self.timeout_s)
 
     def schema(self, context: str) -> Schema:
@@ -205,6 +237,26 @@ class _Judge:
             self._golds[key] = info
         return self._golds[key]
 
+    def judge_row(self, gold_text: str, pred_text: str, context: str, real: sqlite3.Connection | None) -> SqlRecord:
+        """`judge`, with anything that goes wrong turned into the row's verdict: one bad
+        prediction (or one bug here) must not lose a whole evaluation."""
+        real_verdict = False if real is not None else None
+        self._row_deadline = time.monotonic() + self.row_timeout_s
+        try:
+            record = self.judge(gold_text, pred_text, context, real)
+        except _OutOfTime as stop:  # the prediction or the gold ran long on many databases
+            record = SqlRecord(False, False, False, real_verdict, error=str(stop))
+        except Exception as err:  # noqa: BLE001 - the safety net: every row gets a verdict
+            logger.debug("judging a row failed", exc_info=True)
+            record = SqlRecord(False, False, False, real_verdict, error=f"could not judge: {type(err).__name__}: {err}")
+        finally:
+            self._row_deadline = float("inf")
+        for name in ("error", "gold_error"):
+            text = getattr(record, name)
+            if text is not None and len(text) > MAX_ERROR_CHARS:
+                setattr(record, name, text[: MAX_ERROR_CHARS - 3] + "...")
+        return record
+
     def judge(self, gold_text: str, pred_text: str, context: str, real: sqlite3.Connection | None) -> SqlRecord:
         gold = self.gold(gold_text, context)
         pred = parse_query(pred_text)
@@ -219,7 +271,11 @@ class _Judge:
             record.gold_error = f"gold does not parse: {gold.parsed.reason}"  # type: ignore[union-attr]
             return record
         try:
-            record.exact_match = normalized_sql(pred.tree, gold.schema) == gold.normalized
+            # sqlglot forgives some text SQLite refuses (`BETWEEN 1 9`, a no-break space): a
+            # prediction that does not run on the context is not the gold's query, unless the
+            # gold does not run there either (it needed columns the context lacks)
+            if checked.ok or gold.extended:
+                record.exact_match = normalized_sql(pred.tree, gold.schema) == gold.normalized
             self._runaway = False
             # a prediction that fails on the context fails the same way on the synthesized
             # databases, unless the gold added the columns it lacked; the real database may differ
@@ -239,7 +295,9 @@ class _Judge:
         assert isinstance(gold.parsed, ParsedQuery) and gold.schema is not None and gold.facts is not None
         pred_facts = analyze_query(pred.tree, gold.schema)
         plan = plan_database(gold.schema, gold.facts, [pred_facts])
-        digest = hashlib.sha256("\0".join((context, gold.parsed.text, pred.text)).encode()).hexdigest()[:16]
+        # surrogatepass: a prediction may hold a lone surrogate (valid JSON, not UTF-8); valid text hashes as before
+        text = "\0".join((context, gold.parsed.text, pred.text))
+        digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
         seed = f"{self.seed}:{digest}"
         gold_ran = gold_rows_seen = False
         decisive = 0

@@ -13,6 +13,7 @@ key (`id`, `stadium_id` in stadium, `stuid` in student) is the domain's primary 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -125,7 +126,9 @@ def _as_number(text: str) -> float | None:
         value = float(text)
     except ValueError:
         return None
-    return int(value) if value.is_integer() else value
+    if not math.isfinite(value):  # 'nan', 'inf', '1e999': no number a row could hold
+        return None
+    return int(value) if value.is_integer() and abs(value) < 2**63 else value
 
 
 def _domain_kind(domain: Domain, gold: QueryFacts, others: list[QueryFacts], declared: dict[Key, str]) -> str:

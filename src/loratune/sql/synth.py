@@ -215,11 +215,17 @@ def _word(rng: random.Random) -> str:
     return f"{word.capitalize()} {rng.randint(1, 99)}" if rng.random() < 0.5 else word.capitalize()
 
 
+_NUMBER_LIMIT = 2**53
+"""Random numbers stay within +-2**53, where floats hold integers exactly and SQLite's 64-bit
+integers have room: a query comparing with 1e300 must not make the synthesizer draw integers
+SQLite cannot store (the constant itself still goes into a row, as a REAL)."""
+
+
 def _number_range(domain: Domain, size: int) -> tuple[int, int]:
     if domain.numbers:
-        low, high = min(domain.numbers), max(domain.numbers)
+        low, high = (min(max(v, -_NUMBER_LIMIT), _NUMBER_LIMIT) for v in (min(domain.numbers), max(domain.numbers)))
         span = max(10, int(high - low))
-        return int(low) - span, int(high) + span
+        return max(int(low) - span, -_NUMBER_LIMIT), min(int(high) + span, _NUMBER_LIMIT)
     if domain.primary is not None or len(domain.members) > 1:
         return 1, size * 2
     for word, bounds in _NAME_RANGES:

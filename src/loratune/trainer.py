@@ -1,0 +1,275 @@
+"""What loratune adds to transformers' Trainer: completion-only logits, a log written as it goes, a
+wall-clock budget, and the mapping from loratune's settings to TrainingArguments.
+
+We build on Trainer / Seq2SeqTrainer instead of a hand-written loop so that resume, gradient
+accumulation, schedules, checkpointing and multi-process training (torchrun / accelerate) come from
+the library the field already trusts.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from loratune.config import RunConfig
+from loratune.errors import ConfigError
+from loratune.records import append_jsonl
+
+Log = Callable[[str], None]
+
+
+class SeededLengthGroupedSampler(torch.utils.data.Sampler):
+    """transformers' length-grouped order, drawn from `seed + epoch` instead of the global RNG.
+
+    The Trainer restores the global RNG from a checkpoint, but the epoch's order was drawn at the
+    start of that epoch, so a resumed run would see other batches than the run it continues.
+    Seeding by epoch (as accelerate's seedable random sampler does) replays the same order.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Any:
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+class SeededSampling:
+    """Mixed into loratune's Trainers: length-grouped batches that a resumed run replays exactly."""
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if getattr(self.args, "train_sampling_strategy", None) != "group_by_length" or "input_ids" not in getattr(
+                dataset, "column_names", ()):
+            return super()._get_train_sampler(train_dataset)
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return SeededLengthGroupedSampler(lengths, batch, self.args.data_seed or self.args.seed)
+
+
+class LoratuneTrainer(SeededSampling, Trainer):
+    """transformers' Trainer with seeded length-grouped sampling."""
+
+
+class CompletionLossTrainer(SeededSampling, Trainer):
+    """Trainer for causal LMs that projects to the vocabulary only where the loss needs it.
+
+    Rows are a prompt (labels -100) followed by the answer, and most tokens are prompt. The
+    vocabulary projection (49k x 576 for SmolLM2) is a fifth of the model's compute and its
+    logits dominate memory, so we ask the model for logits from the earliest answer position of
+    the batch on (`logits_to_keep`) and compute the same token-level cross-entropy ourselves.
+    """
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        labels = inputs.get("labels")
+        targets_all = labels[:, 1:] if labels is not None else None
+        if labels is None or self.label_smoother is not None or not bool((targets_all != -100).any()):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        width = labels.shape[1]
+        # Position p predicts token p + 1; `first` is the earliest position with a target.
+        first = int((targets_all != -100).any(dim=0).nonzero()[0])
+        outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, logits_to_keep=width - first)
+        logits = outputs.logits[:, :-1].float()
+        targets = labels[:, first + 1 :]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
+        )
+        # Same normalisation as transformers' own causal-LM loss: by the label tokens of the whole
+        # accumulated batch when the Trainer gives that count, else by this batch's.
+        denominator = num_items_in_batch if num_items_in_batch is not None else (targets != -100).sum()
+        loss = loss / denominator
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends every Trainer log to `metrics.jsonl` as it happens, with `elapsed_s` (seconds since
+    training began), so plots, reports and accuracy-against-minutes survive a killed run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.started = time.perf_counter()
+
+    def write(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.path, [record])
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if logs and state.is_world_process_zero:
+            elapsed = round(time.perf_counter() - self.started, 2)
+            self.write({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "elapsed_s": elapsed, **logs})
+
+
+def stretch_schedule(scheduler: Any, total_steps: int, warmup_steps: int) -> bool:
+    """Give a running LR schedule a new length, so it still ends where it should (cosine reaches
+    its minimum at the new last step). transformers' schedules are LambdaLRs over a `partial`
+    that carries `num_training_steps`; we rebuild that partial. False when the schedule has no
+    length to change (e.g. constant)."""
+    scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps it
+    changed = False
+    for index, fn in enumerate(getattr(scheduler, "lr_lambdas", [])):
+        if isinstance(fn, functools.partial) and "num_training_steps" in fn.keywords:
+            keywords = dict(fn.keywords, num_training_steps=total_steps)
+            if "num_warmup_steps" in keywords:
+                keywords["num_warmup_steps"] = warmup_steps
+            scheduler.lr_lambdas[index] = functools.partial(fn.func, *fn.args, **keywords)
+            changed = True
+    return changed
+
+
+class TimeBudget(TrainerCallback):
+    """`train.max_minutes`: time the first steps, then fix the number of steps so the run (evaluations
+    included) ends within the budget, and stretch the LR schedule to that length so it runs whole.
+
+    The Trainer starts with an upper bound (the epochs or max_steps of the config); after
+    `calibrate_steps` we know seconds per step and per evaluation and set `state.max_steps`, which
+    the Trainer's own flow callback uses to stop, evaluate and save at the end.
+    """
+
+    def __init__(self, minutes: float, *, warmup_ratio: float, eval_s: float, log: Log, calibrate_steps: int = 6) -> None:
+        self.budget_s = minutes * 60.0
+        self.warmup_ratio = warmup_ratio
+        self.eval_s = eval_s
+        self.log = log
+        self.calibrate_steps = calibrate_steps
+        self.started = time.perf_counter()
+        self.after_first: float | None = None
+        self.fitted_steps: int | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        now = time.perf_counter()
+        step = state.global_step
+        if step == 1:  # the first step pays one-time costs (allocations, kernels); time from its end
+            self.after_first = now
+        # Fit after `calibrate_steps`, or sooner when steps are slow (5% of the budget spent), so a
+        # slow model does not run a large part of its budget on the provisional schedule.
+        calibrated = step >= min(self.calibrate_steps, state.max_steps) or (
+            step >= 2 and now - self.started > 0.05 * self.budget_s)
+        if self.fitted_steps is None and self.after_first is not None and calibrated:
+            per_step = (now - self.after_first) / max(1, step - 1)
+            eval_every = state.eval_steps if args.eval_strategy == "steps" and state.eval_steps else None
+            eval_per_step = self.eval_s / eval_every if eval_every else 0.0
+            left = self.budget_s - (now - self.started) - self.eval_s  # keep one evaluation for the end
+            fitted = step + int(max(0.0, left) / (per_step + eval_per_step))
+            self.fitted_steps = max(step, min(state.max_steps, fitted))
+            state.max_steps = self.fitted_steps
+            warmup = math.ceil(self.warmup_ratio * self.fitted_steps) if self.warmup_ratio < 1 else int(self.warmup_ratio)
+            stretched = stretch_schedule(kwargs.get("lr_scheduler"), self.fitted_steps, warmup)
+            self.log(
+                f"train.max_minutes={self.budget_s / 60:g}: {per_step:.2f}s per step -> {self.fitted_steps} steps"
+                + ("" if stretched else " (this LR schedule has no length to stretch)")
+            )
+        if step >= state.max_steps:
+            # Epoch-based evaluation would never run when the budget ends mid-epoch: evaluate and
+            # save here so the last steps count for the best checkpoint.
+            control.should_evaluate = True
+            control.should_save = True
+            control.should_training_stop = True
+        elif now - self.started > self.budget_s * 1.1:  # far past the budget: stop, keep the work
+            self.log("train.max_minutes: over budget; stopping early (the LR schedule is cut)")
+            control.should_evaluate = control.should_save = control.should_training_stop = True
+
+
+def resolve_precision(cfg: RunConfig, model_type: str, device: str) -> str:
+    """`auto` -> bf16 where the hardware supports it (CPU included), else fp32. Never fp16 for T5."""
+    from loratune.models import bf16_supported
+
+    precision = cfg.train.precision
+    if precision == "fp16" and model_type == "seq2seq":
+        raise ConfigError("train.precision: fp16 overflows in T5 models; use bf16, fp32 or auto")
+    if precision == "fp16" and device != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA GPU; use bf16, fp32 or auto")
+    if precision == "auto":
+        return "bf16" if bf16_supported(device) else "fp32"
+    if precision == "bf16" and not bf16_supported(device):
+        raise ConfigError(f"train.precision: bf16 is not supported on this {device}; use fp32 or auto")
+    return precision
+
+
+def _accepts(args_cls: type, name: str) -> bool:
+    return name in inspect.signature(args_cls.__init__).parameters
+
+
+def training_arguments(cfg: RunConfig, run_dir: Path, precision: str, device: str, model_type: str) -> Any:
+    """Map loratune's train settings onto transformers' (Seq2Seq)TrainingArguments."""
+    from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+    t = cfg.train
+    strategy = "steps" if t.eval_steps else "epoch"
+    auto_batch = t.batch_size == "auto"
+    if auto_batch and device != "cuda":
+        batch_size = 8  # finding the largest batch by trial needs CUDA OOM errors; on CPU use 8
+    else:
+        batch_size = 64 if auto_batch else int(t.batch_size)
+    args_cls = Seq2SeqTrainingArguments if model_type == "seq2seq" else TrainingArguments
+    report_to = ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
+    if report_to:  # transformers 5 reads the TensorBoard directory from the environment
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir / "tensorboard"))
+    # transformers 5 renamed some arguments; pass whichever this version knows.
+    renamed = {
+        ("warmup_ratio" if _accepts(args_cls, "warmup_ratio") else "warmup_steps"): t.warmup_ratio,
+        ("activation_checkpointing" if _accepts(args_cls, "activation_checkpointing")
+         else "gradient_checkpointing"): t.gradient_checkpointing,
+    }
+    if _accepts(args_cls, "train_sampling_strategy"):
+        renamed["train_sampling_strategy"] = "group_by_length" if t.group_by_length else "random"
+    else:
+        renamed["group_by_length"] = t.group_by_length
+    return args_cls(
+        output_dir=str(run_dir / "checkpoints"),
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.scheduler,
+        weight_decay=t.weight_decay,
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        eval_strategy=strategy,
+        eval_steps=t.eval_steps,
+        save_strategy=strategy,
+        # Checkpoints go with evaluations unless save_steps says otherwise (validated to be a
+        # multiple of eval_steps, which keeping the best checkpoint needs).
+        save_steps=t.save_steps or t.eval_steps,
+        save_total_limit=t.save_total_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        auto_find_batch_size=auto_batch and device == "cuda",
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=report_to,
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        **renamed,
+    )
