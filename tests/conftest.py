@@ -26,6 +26,14 @@ os.environ.setdefault("LORATUNE_CACHE", str(Path.home() / ".cache" / "loratune")
 from tiny_models import build_tiny_llama, build_tiny_t5  # noqa: E402
 
 
+@pytest.fixture
+def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty LORATUNE_CACHE for this test, so nothing pulled earlier is found."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("LORATUNE_CACHE", str(cache))
+    return cache
+
+
 @pytest.fixture(scope="session")
 def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny T5 (seq2seq) saved once per session; treat it as read-only."""

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 import pytest
-from test_serve_api import make_adapter_run, offline_answers, training_prompt
+from serve_helpers import make_adapter_run, offline_answers, training_prompt
 
 from loratune.cli import main as cli_main
 from loratune.errors import ServeError

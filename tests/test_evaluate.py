@@ -5,7 +5,7 @@ import json
 import pytest
 
 from loratune.config import config_from_dict
-from loratune.errors import AdapterError
+from loratune.errors import RunDirError
 from loratune.evaluate import evaluate_run
 from loratune.train import train_run
 
@@ -70,5 +70,70 @@ def test_eval_output_dir_and_other_file(sql_run, tmp_path):
 
 
 def test_eval_of_a_non_run(tmp_path):
-    with pytest.raises(AdapterError, match="not a run directory"):
+    with pytest.raises(RunDirError, match="not a run directory"):
         evaluate_run(tmp_path)
+    with pytest.raises(RunDirError, match="run directory not found"):
+        evaluate_run(tmp_path / "missing")
+
+
+def test_a_killed_eval_keeps_its_answers_and_resumes(sql_run, tmp_path, monkeypatch):
+    """A crash after the first batch keeps that batch on disk; the next run generates only the
+    rest and ends with the answers an uninterrupted run gives."""
+    import loratune.generate
+
+    out_whole, out_killed = tmp_path / "whole", tmp_path / "killed"
+    whole = evaluate_run(sql_run, output_dir=out_whole, overrides=["eval.batch_size=1"], log=lambda *_: None)
+    real = loratune.generate.generate_texts
+    calls = []
+
+    def crash_after_one_batch(model, tokenizer, kind, prompts, *args, **kwargs):
+        calls.append(list(prompts))
+        if len(calls) > 1:
+            raise KeyboardInterrupt  # as a kill would: nothing after the first batch
+        return real(model, tokenizer, kind, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(loratune.generate, "generate_texts", crash_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_run(sql_run, output_dir=out_killed, overrides=["eval.batch_size=1"], log=lambda *_: None)
+    kept = [json.loads(line) for line in (out_killed / "predictions.base.jsonl").read_text().splitlines()]
+    assert len(kept) == 1 and not (out_killed / "metrics.json").exists()
+    # a torn last line, as a writer killed mid-line leaves, is dropped, not fatal
+    with (out_killed / "predictions.base.jsonl").open("a") as handle:
+        handle.write('{"i": 2, "key": "tor')
+    calls.clear()
+    monkeypatch.setattr(loratune.generate, "generate_texts", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    lines = []
+    again = evaluate_run(sql_run, output_dir=out_killed, overrides=["eval.batch_size=1"], log=lines.append)
+    assert sum(len(c) for c in calls) == 2 * 3 - 1  # everything but the kept answer
+    assert any("1 answers kept" in line for line in lines)
+    assert again["base"] == whole["base"] and again["lora"] == whole["lora"]
+    predictions = (out_killed / "predictions.jsonl").read_text()
+    assert predictions == (out_whole / "predictions.jsonl").read_text()
+
+
+def test_rescore_judges_saved_answers_without_generating(sql_run, tmp_path, monkeypatch):
+    import loratune.generate
+    import loratune.models
+
+    out = tmp_path / "out"
+    with pytest.raises(RunDirError, match="--rescore needs saved answers for all 3 rows"):
+        evaluate_run(sql_run, output_dir=out, rescore=True, log=lambda *_: None)
+    first = evaluate_run(sql_run, output_dir=out, log=lambda *_: None)
+    monkeypatch.setattr(loratune.models, "load_model", lambda *a, **k: pytest.fail("rescore loaded the model"))
+    monkeypatch.setattr(loratune.generate, "generate_texts", lambda *a, **k: pytest.fail("rescore generated"))
+    # Re-judged with real databases this time: the same answers, a new metric filled in.
+    dbs = tmp_path / "dbs" / "music"
+    dbs.mkdir(parents=True)
+    import sqlite3
+
+    with sqlite3.connect(dbs / "music.sqlite") as db:
+        db.execute("CREATE TABLE singer (name VARCHAR, age INTEGER)")
+        db.executemany("INSERT INTO singer VALUES (?, ?)", [("a", 25), ("b", 41), ("c", 33)])
+    rows = [dict(r, db_id="music") for r in SQL_ROWS]
+    data = tmp_path / "with_db.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    again = evaluate_run(sql_run, output_dir=out, rescore=True, log=lambda *_: None,
+                         overrides=[f"eval.sql.databases={tmp_path / 'dbs'}", f"data.eval={data}"])
+    assert again["base"]["rougeL"] == first["base"]["rougeL"]
+    assert again["lora"]["execution_accuracy_real_db"] is not None
+    assert first["lora"]["execution_accuracy_real_db"] is None

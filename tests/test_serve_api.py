@@ -3,7 +3,6 @@ Llama with two LoRA adapters (and a tiny T5 with one), outputs checked against o
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,67 +12,19 @@ from types import SimpleNamespace
 import httpx
 import openai
 import pytest
-import torch
+from serve_helpers import (
+    FIN_MESSAGE,
+    SQL_MESSAGE,
+    BackgroundServer,
+    client_for,
+    make_adapter_run,
+    offline_answers,
+    training_prompt,
+)
 
-from loratune.config import DataSettings, GenerationSettings
-from loratune.data import eval_prompts
-from loratune.generate import generate_texts
 from loratune.models import load_model
-from loratune.serve.app import BackgroundServer, ServeSettings, create_app
+from loratune.serve.app import ServeSettings, create_app
 from loratune.serve.registry import open_registry
-from loratune.tasks import get_task
-
-SQL_MESSAGE = "How many singers are older than 30? CREATE TABLE singer (name TEXT, age INTEGER)"
-FIN_MESSAGE = "What is a bond?"
-
-
-def make_adapter_run(base_dir: Path, run_dir: Path, *, task: str | None, seed: int,
-                     max_source_tokens: int = 512, lora_alpha: int = 64) -> Path:
-    """A run directory like `loratune train` writes, with random (non-zero) LoRA weights, so
-    each adapter changes the model's outputs in its own way."""
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    loaded = load_model(str(base_dir))
-    causal = loaded.kind == "causal"
-    torch.manual_seed(seed)
-    model = get_peft_model(loaded.model, LoraConfig(
-        r=4, lora_alpha=lora_alpha, target_modules=["q_proj", "v_proj"] if causal else ["q", "v"],
-        init_lora_weights=False, task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_2_SEQ_LM,
-    ))
-    adapter_dir = run_dir / "adapter"
-    model.save_pretrained(str(adapter_dir))
-    loaded.tokenizer.save_pretrained(str(adapter_dir))
-    meta = {
-        "name": run_dir.name, "task": task, "base_model": str(base_dir), "base_path": str(base_dir),
-        "kind": loaded.kind, "use_chat_template": None, "system_prompt": None,
-        "max_source_tokens": max_source_tokens, "max_target_tokens": 64, "init_adapter": None,
-    }
-    (adapter_dir / "loratune.json").write_text(json.dumps(meta), encoding="utf-8")
-    return run_dir
-
-
-def offline_answers(base_dir: Path, run_dir: Path | None, prompts: list[str], max_new_tokens: int,
-                    task_kind: str = "text") -> list[str]:
-    """Greedy answers from a freshly loaded base (+ one adapter), one prompt at a time."""
-    from peft import PeftModel
-
-    loaded = load_model(str(base_dir))
-    model = loaded.model if run_dir is None else PeftModel.from_pretrained(loaded.model, str(run_dir / "adapter"))
-    settings = GenerationSettings(max_new_tokens=max_new_tokens)
-    return generate_texts(model, loaded.tokenizer, loaded.kind, prompts, settings, batch_size=1, task_kind=task_kind)
-
-
-def training_prompt(base_dir: Path, task_name: str, message: str, max_source_tokens: int = 512) -> str:
-    """The prompt training and evaluation build for a row made from a chat message."""
-    task = get_task(task_name)
-    loaded = load_model(str(base_dir))
-    cfg = DataSettings(max_source_tokens=max_source_tokens)
-    return eval_prompts([task.row_from_message(message)], task, loaded.tokenizer, loaded.kind, cfg)[0]
-
-
-def client_for(url: str, key: str = "unused") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
-
 
 @pytest.fixture(scope="module")
 def llama(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
@@ -81,7 +32,7 @@ def llama(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     sql = make_adapter_run(tiny_llama_dir, runs / "sql1", task="sql-create-context", seed=1, max_source_tokens=256)
     fin = make_adapter_run(tiny_llama_dir, runs / "fin1", task="finance-alpaca", seed=2)
     registry = open_registry(None, [f"sql={sql}", f"fin={fin}"])
-    app = create_app(registry, ServeSettings(batch_wait_s=0.05))
+    app = create_app(registry, ServeSettings(batch_wait_s=0.05, adapter_roots=(runs,)))
     with BackgroundServer(app) as server:
         yield SimpleNamespace(url=server.url, app=app, base=tiny_llama_dir, runs={"sql": sql, "fin": fin},
                               client=client_for(server.url))
@@ -190,15 +141,15 @@ def test_concurrent_requests_equal_sequential_ones(llama):
 
 
 def test_health_answers_while_the_worker_generates(llama, monkeypatch):
-    registry = llama.app.state.registry
-    generate, release, entered = registry.run_jobs, threading.Event(), threading.Event()
+    decoder = llama.app.state.batcher.decoder
+    admit, release, entered = decoder.admit, threading.Event(), threading.Event()
 
-    def slow_generation(jobs):  # a generation that takes as long as the test wants
+    def slow_prefill(jobs):  # a prefill that takes as long as the test wants
         entered.set()
         release.wait(30)
-        generate(jobs)
+        admit(jobs)
 
-    monkeypatch.setattr(registry, "run_jobs", slow_generation)
+    monkeypatch.setattr(decoder, "admit", slow_prefill)
     answer: dict = {}
     waiter = threading.Thread(target=lambda: answer.update(r=chat(llama.client, "fin", FIN_MESSAGE)))
     waiter.start()

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_serve_api import make_adapter_run
+from serve_helpers import make_adapter_run
 
 from loratune.models import load_model
-from loratune.serve.batching import Batcher, Job, JobEvent, QueueFull, Sampling
-from loratune.serve.prompts import encode_for_generation
+from loratune.errors import QueueFull
+from loratune.generate import prompt_ids
+from loratune.serve.batching import Batcher
+from loratune.serve.jobs import Job, JobEvent, Sampling
 from loratune.serve.registry import open_registry
 
 
@@ -74,7 +76,7 @@ def adapters(tiny_llama_dir: Path, tiny_t5_dir: Path, tmp_path_factory: pytest.T
 
 
 def _jobs(registry, rows: list[tuple[str, str, int]]) -> list[Job]:
-    return [Job(name, encode_for_generation(registry.tokenizer, registry.kind, prompt), max_tokens=n)
+    return [Job(name, prompt_ids(registry.tokenizer, registry.kind, prompt), max_tokens=n)
             for name, prompt, n in rows]
 
 

@@ -14,12 +14,12 @@ from types import SimpleNamespace
 import httpx
 import openai
 import pytest
+from serve_helpers import BackgroundServer, client_for, make_adapter_run
 from starlette.testclient import TestClient
-from test_serve_api import client_for, make_adapter_run
 
 from loratune.cli import main as cli_main
 from loratune.errors import ServeError
-from loratune.serve.app import BackgroundServer, ServeSettings, create_app, run_server
+from loratune.serve.app import ServeSettings, create_app, run_server
 from loratune.serve.registry import open_registry
 
 KEY = "test-key-123"
@@ -33,8 +33,9 @@ def guarded(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     runs = tmp_path_factory.mktemp("guarded-runs")
     fin = make_adapter_run(tiny_llama_dir, runs / "fin1", task="finance-alpaca", seed=2)
     registry = open_registry(None, [f"fin={fin}"])
+    # Adapters may be loaded from this session's temporary folders (every test's tmp_path), not /tmp.
     settings = ServeSettings(api_key=KEY, max_batch_size=1, queue_size=1, max_tokens_limit=1000,
-                             max_body_bytes=4096, batch_wait_s=0.0)
+                             max_body_bytes=4096, batch_wait_s=0.0, adapter_roots=(tmp_path_factory.getbasetemp(),))
     app = create_app(registry, settings)
     with BackgroundServer(app) as server:
         yield SimpleNamespace(url=server.url, client=client_for(server.url, KEY), fin=fin, base=tiny_llama_dir, app=app)
@@ -76,8 +77,9 @@ BAD_REQUESTS = [
     ("unknown route", "post", "/v1/embeddings", {"model": "base", "input": "x"}, 404, None),
     ("wrong method", "get", "/v1/chat/completions", None, 405, None),
     ("adapter name with a dot", "post", "/v1/adapters", {"name": "a.b", "path": "/tmp"}, 400, "name"),
-    ("adapter named base", "post", "/v1/adapters", {"name": "base", "path": "/tmp"}, 400, "path"),
-    ("adapter path missing", "post", "/v1/adapters", {"name": "x", "path": "/nonexistent/run"}, 400, "path"),
+    ("adapter named base", "post", "/v1/adapters", {"name": "base", "path": "/tmp"}, 400, "name"),
+    ("adapter path outside the roots", "post", "/v1/adapters", {"name": "x", "path": "/nonexistent/run"}, 403, "path"),
+    ("adapter path with a NUL byte", "post", "/v1/adapters", {"name": "x", "path": "a\u0000b"}, 400, "path"),
     ("unload unknown adapter", "delete", "/v1/adapters/nope", None, 404, "name"),
     ("unload the base", "delete", "/v1/adapters/base", None, 400, "name"),
 ]
@@ -159,15 +161,15 @@ def test_api_key_is_required_except_for_health_and_page(guarded):
 
 
 def test_full_queue_answers_429_and_a_closed_stream_cancels_its_job(guarded, monkeypatch):
-    registry = guarded.app.state.registry
-    generate, gate, taken = registry.run_jobs, threading.Event(), []
+    decoder = guarded.app.state.batcher.decoder
+    admit, gate, taken = decoder.admit, threading.Event(), []
 
-    def gated_generation(jobs):  # holds the worker until the test opens the gate
+    def gated_admit(jobs):  # holds the worker before the prefill until the test opens the gate
         taken.extend(jobs)
         gate.wait(30)
-        generate(jobs)
+        admit(jobs)
 
-    monkeypatch.setattr(registry, "run_jobs", gated_generation)
+    monkeypatch.setattr(decoder, "admit", gated_admit)
 
     def health():
         return httpx.get(f"{guarded.url}/health").json()

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
-from test_serve_api import SQL_MESSAGE, client_for, make_adapter_run
+from serve_helpers import SQL_MESSAGE, BackgroundServer, client_for, make_adapter_run
 
-from loratune.serve.app import BackgroundServer, ServeSettings, create_app
+from loratune.serve.app import ServeSettings, create_app
 from loratune.serve.registry import open_registry
 
 pytestmark = pytest.mark.browser

@@ -8,6 +8,7 @@ import pytest
 
 from loratune.config import DataSettings
 from loratune.data import eval_prompts
+from loratune.errors import RequestError
 from loratune.models import load_model
 from loratune.serve.prompts import (
     PromptProfile,
@@ -17,7 +18,6 @@ from loratune.serve.prompts import (
     context_limit,
     profile_from_meta,
 )
-from loratune.serve.schemas import RequestError
 from loratune.tasks import get_task
 
 

@@ -67,7 +67,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from loratune.evaluate import evaluate_run
 
-    evaluate_run(args.run_dir, limit=args.limit, overrides=args.overrides, output_dir=args.output)
+    evaluate_run(args.run_dir, limit=args.limit, overrides=args.overrides, output_dir=args.output,
+                 rescore=args.rescore)
     return 0
 
 
@@ -174,6 +175,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     run_server(
         base=args.base, adapters=args.adapter, host=args.host, port=args.port,
         api_key=args.api_key or os.environ.get("LORATUNE_API_KEY"), cors=args.cors,
+        adapter_roots=args.adapter_root,
     )
     return 0
 
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--output", default=None, help="write predictions and metrics here instead of the run dir")
+    p.add_argument("--rescore", action="store_true",
+                   help="judge the saved answers again (e.g. with --set eval.sql.databases=DIR) without generating")
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser("report", help="(re)write report.md, report.html and plots/ for a run")
@@ -271,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help="require this key (or set LORATUNE_API_KEY)")
     p.add_argument("--cors", action="store_true", help="allow cross-origin requests")
+    p.add_argument("--adapter-root", action="append", default=[], metavar="DIR",
+                   help="let clients load adapters (POST /v1/adapters) from folders under DIR (repeatable; "
+                        "default: loading over HTTP is off)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("chat", help="chat in the terminal with a run's adapter or a base model")

@@ -1,29 +1,41 @@
 """Base vs LoRA on held-out rows: same prompts, same generation settings, both sides scored.
 
 The eval rows are rebuilt from the run's saved config with the same seed, so they are exactly
-the rows training held out. Predictions, metrics and the original's ROUGE table land in the run
-directory (or `--output`).
+the rows training held out. Generation is the slow part, so each side's answers are appended to
+`predictions.base.jsonl` / `predictions.lora.jsonl` batch by batch: a crash or a kill loses one
+batch, a second run on the same output picks up where the first stopped, and `--rescore` judges
+saved answers again (a new database folder, a judge fix) without generating. Scoring always comes
+after the answers are safe on disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from loratune.config import RunConfig, load_config
-from loratune.errors import AdapterError
+from loratune.config import GenerationSettings, RunConfig, load_config
+from loratune.errors import RunDirError
+from loratune.records import append_jsonl, read_jsonl, write_json, write_text
+from loratune.run_dir import CONFIG, METRICS, PREDICTIONS, require_run_dir
 from loratune.tasks import Task, get_task
 
 Log = Callable[[str], None]
+SIDES = ("base", "lora")
+
+
+def side_file(out: Path, side: str) -> Path:
+    return out / f"predictions.{side}.jsonl"
 
 
 def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> RunConfig:
     """The resolved config a run saved, with optional `--set` overrides (e.g. another eval file)."""
-    path = Path(run_dir) / "config.yaml"
+    path = require_run_dir(run_dir) / CONFIG
     if not path.is_file():
-        raise AdapterError(f"{run_dir}: not a run directory (no config.yaml); train one with `loratune train CONFIG`")
+        raise RunDirError(f"{run_dir}: not a run directory (no {CONFIG}); train one with `loratune train CONFIG`")
     return load_config(path, overrides)
 
 
@@ -65,45 +77,157 @@ def score_side(
     return aggregate, per_example
 
 
+# ---------------------------------------------------------------- answers kept as they are made
+
+
+@dataclass
+class SideJob:
+    """One side's generation: what identifies a saved answer as still valid, and where it goes."""
+
+    side: str
+    path: Path
+    stamp: str
+    """Model identity + generation settings: an answer saved under another stamp is stale."""
+
+    def key(self, prompt: str) -> str:
+        return hashlib.sha1(f"{self.stamp}\n{prompt}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def saved_answers(job: SideJob, prompts: list[str]) -> dict[int, str]:
+    """Answers already on disk that still match their prompt, model and settings. The file is
+    rewritten with only those (a torn last line or stale rows are dropped)."""
+    if not job.path.is_file():
+        return {}
+    keys = [job.key(p) for p in prompts]
+    kept: dict[int, str] = {}
+    for record in read_jsonl(job.path):
+        index = record.get("i")
+        if isinstance(index, int) and 0 <= index < len(prompts) and record.get("key") == keys[index]:
+            kept[index] = str(record.get("text", ""))
+    write_text(job.path, "".join(json.dumps({"i": i, "key": keys[i], "text": t}, ensure_ascii=False) + "\n"
+                                 for i, t in sorted(kept.items())))
+    return kept
+
+
+def generate_side(job: SideJob, prompts: list[str], generate: Callable[[list[str]], list[str]], batch_size: int,
+                  log: Log) -> list[str]:
+    """Answers for every prompt, generating only those not saved yet, longest prompts first (similar
+    lengths share a batch, so little padding), appending each batch to disk as it completes."""
+    answers = saved_answers(job, prompts)
+    pending = sorted((i for i in range(len(prompts)) if i not in answers), key=lambda i: -len(prompts[i]))
+    if answers:
+        log(f"{job.side}: {len(answers)} answers kept from an earlier run in {job.path.name}; {len(pending)} to go")
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start : start + batch_size]
+        texts = generate([prompts[i] for i in chunk])
+        append_jsonl(job.path, [{"i": i, "key": job.key(prompts[i]), "text": t} for i, t in zip(chunk, texts)])
+        answers.update(zip(chunk, texts))
+        log(f"{job.side}: {len(answers)}/{len(prompts)} answers")
+    return [answers[i] for i in range(len(prompts))]
+
+
+def _stamp(model_id: str, settings: GenerationSettings) -> str:
+    return json.dumps({"model": model_id, "generation": vars(settings)}, sort_keys=True)
+
+
+def _adapter_id(adapter_dir: Path) -> str:
+    weights = next(iter(sorted(adapter_dir.glob("adapter_model.*"))), adapter_dir / "adapter_config.json")
+    stat = weights.stat()
+    return f"{weights}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+# ---------------------------------------------------------------- the evaluation
+
+
 def evaluate_run(
     run_dir: str | Path,
     *,
     limit: int | None = None,
     overrides: list[str] | None = None,
     output_dir: str | Path | None = None,
+    rescore: bool = False,
     log: Log = print,
 ) -> dict[str, Any]:
     """Generate with the base model and with base + adapter on held-out rows; score and save both."""
-    from peft import PeftModel
-
     from loratune.data import eval_prompts, load_splits
-    from loratune.generate import generate_texts
     from loratune.lora import resolve_adapter_dir
-    from loratune.metrics import paired_bootstrap
-    from loratune.models import load_model
-    from loratune.report import format_metrics_tables
+    from loratune.models import inspect_model
 
+    # Cheap checks first: the run, its adapter, the eval rows, the tokenizer.
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
     adapter_dir = resolve_adapter_dir(run_dir)
-    out = Path(output_dir) if output_dir else run_dir
-    out.mkdir(parents=True, exist_ok=True)
     task = get_task(cfg.task)
-
     _, rows = load_splits(cfg.data, task, cfg.train.seed)
     limit = limit or cfg.eval.limit
     rows = rows[:limit] if limit else rows
-    loaded = load_model(cfg.model)
-    prompts = eval_prompts(rows, task, loaded.tokenizer, loaded.kind, cfg.data)
+    info = inspect_model(cfg.model)
+    prompts = eval_prompts(rows, task, info.tokenizer, info.kind, cfg.data)
     references = [task.target(row) for row in rows]
+    out = Path(output_dir) if output_dir else run_dir
+    out.mkdir(parents=True, exist_ok=True)
     settings = cfg.eval.generation
-    common = dict(batch_size=cfg.eval.batch_size, task_kind=task.kind)
+    jobs = {
+        "base": SideJob("base", side_file(out, "base"), _stamp(info.resolved.path, settings)),
+        "lora": SideJob("lora", side_file(out, "lora"), _stamp(_adapter_id(adapter_dir), settings)),
+    }
 
     started = time.perf_counter()
-    base = generate_texts(loaded.model, loaded.tokenizer, loaded.kind, prompts, settings, progress="base", **common)
-    model = PeftModel.from_pretrained(loaded.model, str(adapter_dir))
-    lora = generate_texts(model, loaded.tokenizer, loaded.kind, prompts, settings, progress="lora", **common)
+    if not rescore and all(len(saved_answers(job, prompts)) == len(prompts) for job in jobs.values()):
+        log("every answer is saved already; scoring them")
+        rescore = True
+    if rescore:
+        answers = {side: saved_answers(job, prompts) for side, job in jobs.items()}
+        missing = {side: len(prompts) - len(a) for side, a in answers.items() if len(a) < len(prompts)}
+        if missing:
+            raise RunDirError(
+                f"{out}: --rescore needs saved answers for all {len(prompts)} rows; missing "
+                + ", ".join(f"{n} {side}" for side, n in missing.items())
+                + " (run `loratune eval` without --rescore to generate them)"
+            )
+        base = [answers["base"][i] for i in range(len(prompts))]
+        lora = [answers["lora"][i] for i in range(len(prompts))]
+    else:
+        base, lora = _generate_both(cfg, info, adapter_dir, prompts, jobs, task, log)
     generation_s = time.perf_counter() - started
+
+    records = []
+    for row, prompt, reference, b, lo in zip(rows, prompts, references, base, lora):
+        record = {"prompt": prompt, "reference": reference, "base": b, "lora": lo}
+        if row.get("db_id"):
+            record["db_id"] = row["db_id"]
+        records.append(record)
+    write_text(out / PREDICTIONS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return score_and_save(cfg, task, rows, references, base, lora, out, generation_s, rescore, log)
+
+
+def _generate_both(cfg: RunConfig, info: Any, adapter_dir: Path, prompts: list[str], jobs: dict[str, SideJob],
+                   task: Task, log: Log) -> tuple[list[str], list[str]]:
+    from peft import PeftModel
+
+    from loratune.generate import generate_texts
+    from loratune.models import load_model
+
+    loaded = load_model(cfg.model, info=info)
+    batch = cfg.eval.batch_size
+
+    def generator(model: Any) -> Callable[[list[str]], list[str]]:
+        return lambda chunk: generate_texts(model, loaded.tokenizer, loaded.kind, chunk, cfg.eval.generation,
+                                            batch_size=batch, task_kind=task.kind)
+
+    base = generate_side(jobs["base"], prompts, generator(loaded.model), batch, log)
+    # The adapter is folded into the weights for generation: the same function as the unmerged
+    # model, without the LoRA side-path's extra matmuls at every decoding step.
+    model = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).merge_and_unload()
+    lora = generate_side(jobs["lora"], prompts, generator(model), batch, log)
+    return base, lora
+
+
+def score_and_save(cfg: RunConfig, task: Task, rows: list[dict[str, Any]], references: list[str], base: list[str],
+                   lora: list[str], out: Path, generation_s: float, rescore: bool, log: Log) -> dict[str, Any]:
+    """Score both sides, with paired bootstrap intervals of LoRA - base; write metrics.json/.md."""
+    from loratune.metrics import paired_bootstrap
+    from loratune.report import format_metrics_tables
 
     base_scores, base_each = score_side(base, references, rows, task, cfg)
     lora_scores, lora_each = score_side(lora, references, rows, task, cfg)
@@ -121,15 +245,10 @@ def evaluate_run(
         "lora": lora_scores,
         "intervals": intervals,
     }
-    with (out / "predictions.jsonl").open("w", encoding="utf-8") as handle:
-        for row, prompt, reference, b, lo in zip(rows, prompts, references, base, lora):
-            record = {"prompt": prompt, "reference": reference, "base": b, "lora": lo}
-            if row.get("db_id"):
-                record["db_id"] = row["db_id"]
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    write_json(out / METRICS, metrics)
     tables = format_metrics_tables(metrics)
-    (out / "metrics.md").write_text(tables + "\n", encoding="utf-8")
-    log(f"Evaluated {len(rows)} held-out rows in {generation_s:.0f}s (base and LoRA)")
+    write_text(out / "metrics.md", tables + "\n")
+    log(f"Re-scored {len(rows)} saved answers" if rescore else
+        f"Evaluated {len(rows)} held-out rows in {generation_s:.0f}s (base and LoRA)")
     log(tables)
     return metrics

@@ -58,11 +58,13 @@ def build_eval_sets(stages: list[RunConfig], tokenizer: Any, kind: str, limit: i
     return sets
 
 
-def _file_digest(path: Path) -> str:
+def adapter_digest(adapter_dir: Path) -> str:
+    """sha256 of an adapter's weight files: a retrained adapter gets a new one, a kept one does not."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+    for path in sorted(adapter_dir.glob("adapter_model.*")):
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 
@@ -123,7 +125,7 @@ def write_forgetting(folder: Path, stages: list[RunConfig], *, limit: int | None
     for k, adapter_dir in enumerate(adapter_dirs[1:], start=1):
         model.load_adapter(str(adapter_dir), adapter_name=f"stage{k}")
     model.eval()
-    identities = [f"{BASE}:{stages[0].model}"] + [_file_digest(d / "adapter_model.safetensors") for d in adapter_dirs]
+    identities = [f"{BASE}:{stages[0].model}"] + [adapter_digest(d) for d in adapter_dirs]
 
     adapters = [BASE] + [cfg.name for cfg in stages]
     cells_dir = folder / "cells"

@@ -247,6 +247,19 @@ def bf16_supported(device: str | torch.device | None = None) -> bool:
         return False
 
 
+def weights_dtype_for(setting: str, precision: str) -> torch.dtype:
+    """The dtype to store frozen base weights in, for `train.weights_dtype` and the resolved precision.
+
+    `auto` stores them in bf16 when training computes in bf16: autocast does not cache casts of
+    frozen weights, so fp32 weights are re-cast to bf16 by every matmul of every step, and the
+    residual stream and activations kept in fp32 double the memory traffic. LoRA weights and their
+    optimizer state stay fp32 (peft upcasts adapters), so small updates are not rounded away.
+    """
+    if setting == "auto":
+        return torch.bfloat16 if precision == "bf16" else torch.float32
+    return torch.bfloat16 if setting == "bf16" else torch.float32
+
+
 def memory_footprint_gb(model: Any) -> float:
     """Parameters + buffers in GB (1e9 bytes), as transformers' `get_memory_footprint` counts."""
     footprint = getattr(model, "get_memory_footprint", None)

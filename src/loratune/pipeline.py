@@ -134,10 +134,12 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         raw, label = _stage_values(entry, path.parent, where)
         raw["output_dir"] = output_dir
         apply_overrides(raw, overrides)
+        if raw.get("lora") is None:  # absent, or `lora:` with nothing under it
+            raw["lora"] = {}
         # "Unless it names its own": a key present in the stage, even null (= a fresh adapter).
-        chained = bool(stages) and "init_adapter" not in (raw.get("lora") or {})
+        chained = bool(stages) and isinstance(raw["lora"], dict) and "init_adapter" not in raw["lora"]
         if chained:
-            raw.setdefault("lora", {})["init_adapter"] = str(stages[-1].cfg.run_dir)
+            raw["lora"]["init_adapter"] = str(stages[-1].cfg.run_dir)
         source = label + (" with --set overrides" if overrides else "")
         stages.append(Stage(config_from_dict(raw, source), where, chained))
 

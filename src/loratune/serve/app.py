@@ -16,11 +16,11 @@ import asyncio
 import hmac
 import socket
 import sys
-import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -28,13 +28,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from loratune.errors import LoratuneError, ServeError
+from loratune.errors import AdapterExists, LoratuneError, QueueFull, RequestError, ServeError
 from loratune.generate import clean_output
 from loratune.serve import schemas
-from loratune.serve.batching import Batcher, Job, JobEvent, QueueFull, Sampling
+from loratune.serve.batching import Batcher
+from loratune.serve.decode import DecodeBatch
+from loratune.serve.jobs import Job, JobEvent, Sampling
 from loratune.serve.prompts import PromptProfile, build_chat_prompt, build_completion_prompt, check_length
-from loratune.serve.registry import BASE_NAME, AdapterExists, ModelRegistry, open_registry
-from loratune.serve.schemas import RequestError, error_body, sse
+from loratune.serve.registry import BASE_NAME, RESERVED_NAMES, ModelRegistry, open_registry
+from loratune.serve.schemas import error_body, sse
 
 PUBLIC_PATHS = {"/health", "/"}
 """Reachable without the API key: the health probe, and the chat page (static HTML with no
@@ -58,6 +60,8 @@ class ServeSettings:
     max_context: int | None = None
     """Prompt + answer limit in tokens; None is the model's own context."""
     max_body_bytes: int = 1_000_000
+    adapter_roots: tuple[Path, ...] = ()
+    """Folders `POST /v1/adapters` may load from (`--adapter-root`); empty: loading over HTTP is off."""
 
 
 class _BodyTooLarge(HTTPException):
@@ -160,7 +164,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     settings = settings or ServeSettings()
     if settings.max_context:
         registry.context = min(registry.context, settings.max_context)
-    batcher = Batcher(registry, max_batch_size=settings.max_batch_size, queue_size=settings.queue_size,
+    batcher = Batcher(DecodeBatch(registry), max_batch_size=settings.max_batch_size, queue_size=settings.queue_size,
                       batch_wait_s=settings.batch_wait_s)
 
     @asynccontextmanager
@@ -303,8 +307,12 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
 
     @app.post("/v1/adapters", status_code=201)
     async def load_adapter(body: schemas.AdapterLoadRequest) -> dict[str, Any]:
+        if body.name in RESERVED_NAMES:
+            raise RequestError(400, f"{body.name!r} is reserved for the base model; choose another adapter name",
+                               param="name")
+        path = allowed_adapter_path(body.path, settings.adapter_roots)
         try:
-            await asyncio.to_thread(registry.load_adapter, body.name, body.path)
+            await asyncio.to_thread(registry.load_adapter, body.name, path)
         except AdapterExists as exc:
             raise RequestError(409, str(exc), param="name", code="adapter_exists") from None
         except LoratuneError as exc:
@@ -325,42 +333,24 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     return app
 
 
-class BackgroundServer:
-    """uvicorn in a background thread (tests, benchmarks): `with BackgroundServer(app) as s: s.url`."""
+def allowed_adapter_path(path: str, roots: tuple[Path, ...]) -> Path:
+    """The adapter folder a client asked for, if it lies under one of `roots` (else a 403).
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        import uvicorn
-
-        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
-        self.host = host
-        self.port = port
-        self._thread = threading.Thread(target=self.server.run, name="loratune-server", daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self, timeout_s: float = 30.0) -> BackgroundServer:
-        import time
-
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self.server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise ServeError(f"the server did not start on {self.host}:{self.port}")
-            time.sleep(0.02)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self._thread.join(timeout=30)
-
-    def __enter__(self) -> BackgroundServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    Symlinks and `..` are resolved first, so a link inside a root that points outside is refused:
+    a client must not make the server read arbitrary folders.
+    """
+    if not roots:
+        raise RequestError(403, "loading adapters over HTTP is off on this server; start it with "
+                           "--adapter-root DIR to allow folders under DIR", param="path", code="adapter_loading_disabled")
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # NUL bytes, symlink loops
+        raise RequestError(400, f"invalid adapter path: {exc}", param="path") from None
+    allowed = [Path(root).expanduser().resolve() for root in roots]
+    if not any(resolved == root or resolved.is_relative_to(root) for root in allowed):
+        raise RequestError(403, f"the adapter path is outside the folders this server loads from "
+                           f"({', '.join(map(str, allowed))})", param="path", code="adapter_path_forbidden")
+    return resolved
 
 
 def _check_port(host: str, port: int) -> None:
@@ -374,13 +364,17 @@ def _check_port(host: str, port: int) -> None:
 
 
 def run_server(base: str | None, adapters: list[str], host: str = "127.0.0.1", port: int = 8000,
-               api_key: str | None = None, cors: bool = False) -> None:
+               api_key: str | None = None, cors: bool = False, adapter_roots: list[str] | None = None) -> None:
     """`loratune serve`: load the base and the `NAME=RUN_DIR` adapters, then serve until Ctrl-C."""
     import uvicorn
 
+    roots = tuple(Path(root).expanduser() for root in adapter_roots or [])
+    for root in roots:
+        if not root.is_dir():
+            raise ServeError(f"--adapter-root {root}: no such folder")
     _check_port(host, port)
     registry = open_registry(base, adapters)
-    app = create_app(registry, ServeSettings(api_key=api_key or None, cors=cors))
+    app = create_app(registry, ServeSettings(api_key=api_key or None, cors=cors, adapter_roots=roots))
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         print(f"warning: serving on {host} without an API key; anyone who can reach this port can use "
               "the models and load adapters (pass --api-key or set LORATUNE_API_KEY)", file=sys.stderr)

@@ -12,12 +12,11 @@ import sys
 from collections.abc import Callable
 from typing import TextIO
 
-from loratune.errors import ServeError
+from loratune.errors import RequestError, ServeError
 from loratune.generate import clean_output
-from loratune.serve.batching import Job, JobEvent, Sampling
+from loratune.serve.jobs import Job, JobEvent, Sampling
 from loratune.serve.prompts import build_chat_prompt, check_length
 from loratune.serve.registry import BASE_NAME, open_registry
-from loratune.serve.schemas import RequestError
 
 ADAPTER_NAME = "chat"
 

@@ -98,6 +98,9 @@ class DecodeBatch:
 
     def admit(self, jobs: list[Job]) -> None:
         """Prefill `jobs` and add them to the running rows (seq2seq: generate them to the end)."""
+        for job in jobs:
+            if job.cancelled:
+                job.close()  # its client left while it waited
         with self.runtime.lock:
             jobs = self._servable([job for job in jobs if not job.finished])
             if not jobs:

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from loratune.data import cut_prompt, encode_prompt, render_prompt, wants_chat_template
-from loratune.errors import LoratuneError
-from loratune.serve.schemas import RequestError
+from loratune.data import cut_prompt, render_prompt, wants_chat_template
+from loratune.errors import LoratuneError, RequestError
+from loratune.generate import prompt_ids
 from loratune.tasks import Task, get_task
 
 DEFAULT_CONTEXT = 2048
@@ -70,11 +70,6 @@ def base_profile(tokenizer: Any, kind: str) -> PromptProfile:
     return PromptProfile(task=None, use_chat_template=wants_chat_template(tokenizer, kind, None))
 
 
-def encode_for_generation(tokenizer: Any, kind: str, text: str) -> list[int]:
-    """Prompt ids exactly as offline generation (`loratune.generate`) encodes them."""
-    return encode_prompt(tokenizer, text) if kind == "causal" else tokenizer(text)["input_ids"]
-
-
 def context_limit(model: Any, tokenizer: Any, configured: int | None = None) -> int:
     """Longest prompt + answer in tokens: the model's positions, else the tokenizer's limit."""
     config = getattr(model, "config", None)
@@ -126,7 +121,7 @@ def build_chat_prompt(profile: PromptProfile, tokenizer: Any, kind: str, message
             text = messages[0]["content"]  # e.g. T5: the message itself is the input
         else:
             text = render_prompt(tokenizer, messages, use_chat_template=False, system_prompt=None)
-        return BuiltPrompt(text, encode_for_generation(tokenizer, kind, text), "text", warnings)
+        return BuiltPrompt(text, prompt_ids(tokenizer, kind, text), "text", warnings)
 
     if task.kind == "chat":
         prompt: Any = task.prompt({"messages": messages})
@@ -150,7 +145,7 @@ def build_chat_prompt(profile: PromptProfile, tokenizer: Any, kind: str, message
     text = render_prompt(
         tokenizer, prompt, use_chat_template=profile.use_chat_template, system_prompt=profile.system_prompt
     )
-    return BuiltPrompt(text, encode_for_generation(tokenizer, kind, text), task.kind, warnings)
+    return BuiltPrompt(text, prompt_ids(tokenizer, kind, text), task.kind, warnings)
 
 
 def _prompt_tokens(tokenizer: Any, prompt: Any) -> int:
@@ -160,7 +155,7 @@ def _prompt_tokens(tokenizer: Any, prompt: Any) -> int:
 
 def build_completion_prompt(tokenizer: Any, kind: str, text: str) -> BuiltPrompt:
     """`/v1/completions`: the prompt text goes to the model as it is."""
-    return BuiltPrompt(text, encode_for_generation(tokenizer, kind, text), "text", [])
+    return BuiltPrompt(text, prompt_ids(tokenizer, kind, text), "text", [])
 
 
 def check_length(

@@ -8,16 +8,22 @@ changes the model's modules in place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loratune.errors import LoratuneError, ServeError
-from loratune.serve.batching import BASE_ADAPTER, Job, run_batch
+import torch
+
+from loratune.errors import AdapterExists, LoratuneError, ServeError
+from loratune.generate import autocast_context, bf16_generation, cast_linear_weights
+from loratune.serve.decode import run_to_end
+from loratune.serve.jobs import Job
 from loratune.serve.prompts import PromptProfile, base_profile, context_limit, profile_from_meta
 from loratune.serve.schemas import ADAPTER_NAME_PATTERN
 
@@ -26,11 +32,10 @@ log = logging.getLogger("loratune.serve")
 BASE_NAME = "base"
 """The model name that means "no adapter"."""
 
+BASE_ADAPTER = "__base__"
+"""peft's row name for "no adapter" in a mixed-adapter batch."""
+
 RESERVED_NAMES = {BASE_NAME, BASE_ADAPTER}
-
-
-class AdapterExists(ServeError):
-    """Raised when an adapter is loaded under a name already in use (HTTP 409)."""
 
 
 @dataclass
@@ -96,12 +101,20 @@ def adapter_base(meta: dict[str, Any], peft_config: dict[str, Any]) -> str | Non
 
 
 class ModelRegistry:
-    """The base model plus named adapters; all generation goes through `run_jobs`."""
+    """The base model plus named adapters; generation runs through `forward_for` under `lock`.
+
+    Where bf16 is native, the Linear weights (the base's and every adapter's) are stored in bf16
+    once at load and the model runs under bf16 autocast: the same numbers evaluation computes
+    (`generate.cast_linear_weights` says why), without re-casting every weight at every token.
+    """
 
     def __init__(self, loaded: Any, *, max_context: int | None = None) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.model.eval()
+        self.bf16 = bf16_generation(self.model)
+        if self.bf16:
+            cast_linear_weights(self.model)  # the fp32 originals are not kept: serving never trains
         self.tokenizer = loaded.tokenizer
         self.kind: str = loaded.kind
         self.base_source: str = loaded.source
@@ -171,6 +184,8 @@ class ModelRegistry:
                 self._forget_partial(name)
                 raise ServeError(f"adapter {name!r} ({adapter_dir}) does not fit the base model: {exc}") from None
             self.model.eval()
+            if self.bf16:
+                cast_linear_weights(self.model)  # the new adapter's LoRA layers
             entry = AdapterEntry(
                 name, adapter_dir, meta, profile_from_meta(meta, self.tokenizer, self.kind), int(time.time())
             )
@@ -213,44 +228,37 @@ class ModelRegistry:
             for config in self.model.peft_config.values()
         )
 
-    def run_jobs(self, jobs: list[Job]) -> None:
-        """Generate a batch of jobs (`job.adapter` is a served name) under the model lock."""
+    def serves(self, name: str) -> bool:
+        return name == BASE_NAME or name in self.adapters
+
+    @contextlib.contextmanager
+    def forward_for(self, names: list[str]) -> Iterator[tuple[Any, dict[str, Any]]]:
+        """The model set up to run row i through adapter `names[i]`, and the extra forward kwargs.
+
+        Call under `lock`. One adapter for all rows (the common case, and the only one without
+        mixed batching) activates it and runs the plain forward pass, without peft's per-layer
+        sub-batching; several go through peft's `adapter_names` (`__base__` for no adapter).
+        """
         from peft import PeftModel
 
-        with self.lock:
-            ready = []
-            for job in jobs:
-                if job.adapter != BASE_NAME and job.adapter not in self.adapters:
-                    job.fail(f"model {job.adapter!r} was unloaded before its request ran", status=404)
-                else:
-                    ready.append(job)
-            if not ready:
-                return
-            names = [BASE_ADAPTER if job.adapter == BASE_NAME else job.adapter for job in ready]
-            for job, name in zip(ready, names, strict=True):
-                job.adapter = name
-            try:
-                if not isinstance(self.model, PeftModel):
-                    run_batch(self.model, self.tokenizer, self.kind, ready, adapter_names=False)
-                elif len(set(names)) > 1 and self.mixed_batching():
-                    run_batch(self.model, self.tokenizer, self.kind, ready, adapter_names=True)
-                else:
-                    # One adapter (the common case, and the only one without mixed batching):
-                    # the plain forward pass, without peft's per-layer sub-batching.
-                    for name in dict.fromkeys(names):
-                        self._run_one_adapter(name, [job for job in ready if job.adapter == name])
-            finally:
-                for job, name in zip(ready, names, strict=True):
-                    job.adapter = BASE_NAME if name == BASE_ADAPTER else name
+        model, extra = self.model, {}
+        active: contextlib.AbstractContextManager = contextlib.nullcontext()
+        if isinstance(model, PeftModel):
+            unique = set(names)
+            if unique == {BASE_NAME}:
+                active = model.disable_adapter()
+            elif len(unique) == 1:
+                if model.active_adapter != names[0]:
+                    model.set_adapter(names[0])
+            else:
+                extra["adapter_names"] = [BASE_ADAPTER if name == BASE_NAME else name for name in names]
+        with torch.inference_mode(), active, autocast_context(model):
+            yield model, extra
 
-    def _run_one_adapter(self, name: str, jobs: list[Job]) -> None:
-        if name == BASE_ADAPTER:
-            with self.model.disable_adapter():
-                run_batch(self.model, self.tokenizer, self.kind, jobs, adapter_names=False)
-            return
-        if self.model.active_adapter != name:
-            self.model.set_adapter(name)
-        run_batch(self.model, self.tokenizer, self.kind, jobs, adapter_names=False)
+    def run_jobs(self, jobs: list[Job]) -> None:
+        """Generate `jobs` together to the end (the terminal chat; the server's worker keeps a
+        long-lived decode batch instead, see `serve/decode.py`)."""
+        run_to_end(self, jobs)
 
 
 def open_registry(base: str | None, adapter_specs: list[str], *, max_context: int | None = None) -> ModelRegistry:

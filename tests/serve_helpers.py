@@ -1,0 +1,108 @@
+"""Helpers shared by the serving tests (and bench/serve_speed.py): a uvicorn server in a thread,
+adapter runs with random LoRA weights, and the offline answers the server must reproduce."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import openai
+import torch
+
+from loratune.config import DataSettings, GenerationSettings
+from loratune.data import eval_prompts
+from loratune.errors import ServeError
+from loratune.generate import generate_texts
+from loratune.models import load_model
+from loratune.tasks import get_task
+
+
+class BackgroundServer:
+    """uvicorn in a background thread on 127.0.0.1: `with BackgroundServer(app) as s: s.url`."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self.host = host
+        self.port = port
+        self._thread = threading.Thread(target=self.server.run, name="loratune-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise ServeError(f"the server did not start on {self.host}:{self.port}")
+            time.sleep(0.02)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+SQL_MESSAGE = "How many singers are older than 30? CREATE TABLE singer (name TEXT, age INTEGER)"
+FIN_MESSAGE = "What is a bond?"
+
+
+def make_adapter_run(base_dir: Path, run_dir: Path, *, task: str | None, seed: int,
+                     max_source_tokens: int = 512, lora_alpha: int = 64) -> Path:
+    """A run directory like `loratune train` writes, with random (non-zero) LoRA weights, so
+    each adapter changes the model's outputs in its own way."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    loaded = load_model(str(base_dir))
+    causal = loaded.kind == "causal"
+    torch.manual_seed(seed)
+    model = get_peft_model(loaded.model, LoraConfig(
+        r=4, lora_alpha=lora_alpha, target_modules=["q_proj", "v_proj"] if causal else ["q", "v"],
+        init_lora_weights=False, task_type=TaskType.CAUSAL_LM if causal else TaskType.SEQ_2_SEQ_LM,
+    ))
+    adapter_dir = run_dir / "adapter"
+    model.save_pretrained(str(adapter_dir))
+    loaded.tokenizer.save_pretrained(str(adapter_dir))
+    meta = {
+        "name": run_dir.name, "task": task, "base_model": str(base_dir), "base_path": str(base_dir),
+        "kind": loaded.kind, "use_chat_template": None, "system_prompt": None,
+        "max_source_tokens": max_source_tokens, "max_target_tokens": 64, "init_adapter": None,
+    }
+    (adapter_dir / "loratune.json").write_text(json.dumps(meta), encoding="utf-8")
+    return run_dir
+
+
+def offline_answers(base_dir: Path, run_dir: Path | None, prompts: list[str], max_new_tokens: int,
+                    task_kind: str = "text") -> list[str]:
+    """Greedy answers from a freshly loaded base (+ one adapter), one prompt at a time."""
+    from peft import PeftModel
+
+    loaded = load_model(str(base_dir))
+    model = loaded.model if run_dir is None else PeftModel.from_pretrained(loaded.model, str(run_dir / "adapter"))
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    return generate_texts(model, loaded.tokenizer, loaded.kind, prompts, settings, batch_size=1, task_kind=task_kind)
+
+
+def training_prompt(base_dir: Path, task_name: str, message: str, max_source_tokens: int = 512) -> str:
+    """The prompt training and evaluation build for a row made from a chat message."""
+    task = get_task(task_name)
+    loaded = load_model(str(base_dir))
+    cfg = DataSettings(max_source_tokens=max_source_tokens)
+    return eval_prompts([task.row_from_message(message)], task, loaded.tokenizer, loaded.kind, cfg)[0]
+
+
+def client_for(url: str, key: str = "unused") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
