@@ -51,7 +51,7 @@ def test_missing_model_file(capsys, tmp_path):
 
 def test_eval_and_report_of_missing_run(capsys, tmp_path):
     code, _, err = run_cli(capsys, "eval", str(tmp_path / "nope"))
-    assert code == 1 and "not a run directory" in err
+    assert code == 1 and "nope: run directory not found" in err
     code, _, err = run_cli(capsys, "compare", str(tmp_path / "nope"))
     assert code == 1 and "nope" in err
 

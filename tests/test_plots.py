@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loratune.errors import AdapterError
+from loratune.errors import RunDirError
 from loratune.plots import _moving_average, epoch_boundaries, plot_losses, plot_metrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -64,9 +64,9 @@ def test_plot_losses_train_only(tmp_path: Path) -> None:
 
 
 def test_plot_functions_reject_a_missing_directory(tmp_path: Path) -> None:
-    with pytest.raises(AdapterError, match="gone: run directory not found"):
+    with pytest.raises(RunDirError, match="gone: run directory not found"):
         plot_losses(tmp_path / "gone")
-    with pytest.raises(AdapterError, match="gone: run directory not found"):
+    with pytest.raises(RunDirError, match="gone: run directory not found"):
         plot_metrics(tmp_path / "gone")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from loratune.errors import AdapterError, DataError
+from loratune.errors import DataError, LoratuneError, RunDirError
 from loratune.report import compare_runs, format_metrics_tables, load_run, write_report
 
 TRAINABLE = "Trainable parameters 9,437,184 || All parameters 792,587,264 || Trainable parameter percentage: 1.19%"
@@ -159,14 +159,14 @@ def test_report_with_only_a_config(tmp_path: Path) -> None:
 
 
 def test_report_errors_name_the_directory_or_file(tmp_path: Path) -> None:
-    with pytest.raises(AdapterError, match="nowhere: run directory not found"):
+    with pytest.raises(RunDirError, match="nowhere: run directory not found"):
         write_report(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(AdapterError, match="empty: not a run directory"):
+    with pytest.raises(RunDirError, match="empty: not a run directory"):
         write_report(tmp_path / "empty")
     run = make_run(tmp_path, "broken")
     (run / "metrics.json").write_text('{"n": 3,\n "base": }', encoding="utf-8")
-    with pytest.raises(DataError, match=r"metrics.json: line 2: invalid JSON"):
+    with pytest.raises(DataError, match=r"metrics.json:2: malformed JSON"):
         write_report(run)
     (run / "metrics.json").write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(DataError, match=r"metrics.json: expected a JSON object, got list"):
@@ -180,7 +180,7 @@ def test_truncated_last_log_line_is_tolerated(tmp_path: Path) -> None:
     assert len(load_run(run).log) == len(training_log())
     text = (run / "metrics.jsonl").read_text(encoding="utf-8").replace('{"loss": 0.7, "st', '{"loss": 0.7, "st\n{}')
     (run / "metrics.jsonl").write_text(text, encoding="utf-8")
-    with pytest.raises(DataError, match=rf"metrics.jsonl: line {len(training_log()) + 1}: invalid JSON"):
+    with pytest.raises(DataError, match=rf"metrics.jsonl:{len(training_log()) + 1}: malformed JSON line"):
         load_run(run)
 
 
@@ -203,7 +203,7 @@ def test_compare_runs_rejects_a_directory_that_is_not_a_run(tmp_path: Path) -> N
     other = tmp_path / "notes"
     other.mkdir()
     (other / "readme.txt").write_text("hi", encoding="utf-8")
-    with pytest.raises(AdapterError, match="notes: not a run directory"):
+    with pytest.raises(RunDirError, match="notes: not a run directory"):
         compare_runs([a, other])
-    with pytest.raises(AdapterError, match="no run directories"):
+    with pytest.raises(LoratuneError, match="no run directories"):
         compare_runs([])

@@ -1,7 +1,7 @@
 """The report's figures: loss curves with epoch boundaries, base-vs-LoRA metric bars.
 
-`plot_losses` and `plot_metrics` read the run files they need (through `run_dir.load_run`, which
-`report.py` shares) and call the `draw_*` functions, which only draw plain numbers.
+`plot_losses` and `plot_metrics` read the run files they need (through `records`, the
+reader every module shares) and call the `draw_*` functions, which only draw plain numbers.
 Figures are built with matplotlib's object API (`Figure`, no pyplot): PNGs render through Agg on
 headless machines, and importing this module never changes the caller's global backend.
 """
@@ -16,7 +16,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from loratune.run_dir import load_run
+from loratune.records import read_json_or_none, read_jsonl
+from loratune.run_dir import METRICS, METRICS_LOG, SUMMARY, require_run_dir
 from loratune.metrics import METRIC_LABELS
 
 BASE_COLOR = "#7f8fa6"
@@ -171,6 +172,10 @@ def draw_metric_bars(
 # ---------------------------------------------------------------- from a run directory
 
 
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return list(read_jsonl(path)) if path.is_file() else []
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -179,9 +184,8 @@ def plot_losses(run_dir: str | Path) -> list[Path]:
     """Draw plots/train_loss.png and plots/eval_loss.png from the Trainer log (metrics.jsonl)
     against the optimizer step, epoch boundaries marked; the eval curve starts with
     run_summary.json's `eval_loss_start` when there is one. Returns the files written."""
-    run = load_run(run_dir)
-    path = run.path
-    log = [r for r in run.log or [] if _is_number(r.get("step"))]
+    path = require_run_dir(run_dir)
+    log = [r for r in _rows(path / METRICS_LOG) if _is_number(r.get("step"))]
     timeline = [(r["step"], r["epoch"]) for r in log if _is_number(r.get("epoch"))]
     bounds = epoch_boundaries([s for s, _ in timeline], [e for _, e in timeline]) if timeline else []
     out = []
@@ -190,7 +194,7 @@ def plot_losses(run_dir: str | Path) -> list[Path]:
         steps, losses = zip(*train)
         out.append(draw_train_loss(path / "plots" / "train_loss.png", steps, losses, bounds))
     evals = [(r["step"], r["eval_loss"]) for r in log if _is_number(r.get("eval_loss"))]
-    start = (run.summary or {}).get("eval_loss_start")
+    start = (read_json_or_none(path / SUMMARY) or {}).get("eval_loss_start")
     if evals:  # the loss before training alone is one point, not a curve
         steps, losses = zip(*evals)
         out.append(draw_eval_loss(path / "plots" / "eval_loss.png", steps, losses, bounds, start))
@@ -200,9 +204,8 @@ def plot_losses(run_dir: str | Path) -> list[Path]:
 def plot_metrics(run_dir: str | Path) -> Path | None:
     """Draw plots/metrics.png: base vs LoRA bars for every metric in metrics.json that both
     have a value for. None when the run has not been evaluated."""
-    run = load_run(run_dir)
-    path = run.path
-    metrics = run.metrics or {}
+    path = require_run_dir(run_dir)
+    metrics = read_json_or_none(path / METRICS) or {}
     base, lora = metrics.get("base") or {}, metrics.get("lora") or {}
     keys = [k for k in METRIC_LABELS if _is_number(base.get(k)) and _is_number(lora.get(k))]
     if not keys:
