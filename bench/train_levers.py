@@ -13,6 +13,7 @@ drift; the table shows the median ratio of useful tokens/s against `default` of 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -20,14 +21,18 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
+# Idle OpenMP threads sleep instead of spinning, so this process's CPU time counts work, not
+# waiting: on a shared machine, useful tokens per CPU-second is the figure that stays comparable.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from loratune.config import LoraSettings, load_config  # noqa: E402
 from loratune.data import load_splits, tokenize_rows  # noqa: E402
-from loratune.lora import apply_lora  # noqa: E402
+from loratune.lora import apply_lora, prepare_for_precision  # noqa: E402
 from loratune.models import bf16_supported, load_model  # noqa: E402
 from loratune.tasks import get_task  # noqa: E402
 
@@ -42,6 +47,7 @@ class Variant:
     compile: bool = False
     threads: int | None = None
     peft_cast: bool = True  # peft casts each adapted layer's input to the LoRA weights' dtype (fp32)
+    prepared: bool = False  # loratune.lora.prepare_for_precision: frozen projections in bf16, no peft cast
 
 
 def variants(bf16: bool) -> dict[str, Variant]:
@@ -57,6 +63,17 @@ def variants(bf16: bool) -> dict[str, Variant]:
         "tokens4096": replace(base, token_budget=4096),
         "nocast": replace(base, peft_cast=False),
         "bf16_weights_nocast": replace(base, weights="bf16", peft_cast=False),
+        "d0_nocast": replace(base, dropout=0.0, peft_cast=False),
+        "d0_prepared": replace(base, dropout=0.0, prepared=True),
+        "d0_prepared_eager": replace(base, dropout=0.0, prepared=True, attn="eager"),
+        "d0_prepared_tokens2048": replace(base, dropout=0.0, prepared=True, token_budget=2048),
+        "d0_prepared_rows16": replace(base, dropout=0.0, prepared=True, batch_rows=16),
+        "d0_eager": replace(base, dropout=0.0, attn="eager"),
+        "d0_rows4": replace(base, dropout=0.0, batch_rows=4),
+        "d0_rows16": replace(base, dropout=0.0, batch_rows=16),
+        "d0_tokens1024": replace(base, dropout=0.0, token_budget=1024),
+        "d0_tokens2048": replace(base, dropout=0.0, token_budget=2048),
+        "d0_compile": replace(base, dropout=0.0, compile=True),
         "best": best,
         "best_tokens2048": replace(best, token_budget=2048),
         "best_tokens4096": replace(best, token_budget=4096),
@@ -126,47 +143,67 @@ def completion_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return loss / (tgt != -100).sum()
 
 
-class Runner:
-    def __init__(self, name: str, v: Variant, model_name: str, features: list[dict], bf16: bool) -> None:
-        self.name, self.v, self.features, self.bf16 = name, v, features, bf16
-        dtype = torch.bfloat16 if v.weights == "bf16" else torch.float32
+class Model:
+    """One LoRA model per weights dtype, shared by the variants (memory: the machine is shared)."""
+
+    def __init__(self, model_name: str, weights: str, layers: int | None, prepared: bool, precision: str) -> None:
+        dtype = torch.bfloat16 if weights == "bf16" else torch.float32
         loaded = load_model(model_name, dtype=dtype)
-        loaded.model.set_attn_implementation(v.attn)
+        if layers:  # a shallower model: same per-layer shapes, quicker rounds
+            loaded.model.model.layers = loaded.model.model.layers[:layers]
+            loaded.model.config.num_hidden_layers = layers
         self.pad_id = loaded.tokenizer.pad_token_id
         torch.manual_seed(0)
-        self.model = apply_lora(loaded.model, "causal", LoraSettings(r=16, alpha=32, dropout=v.dropout))
+        self.model = apply_lora(loaded.model, "causal", LoraSettings(r=16, alpha=32, dropout=0.05))
         self.model.train()
+        if prepared:
+            prepare_for_precision(self.model, precision)
+        # fused=True: the Trainer's default optimizer (adamw_torch_fused) since torch 2.8
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+        self.compiled = None
+
+    def configure(self, v: Variant) -> None:
+        self.model.base_model.model.set_attn_implementation(v.attn)
         for module in self.model.modules():
-            if hasattr(module, "lora_A"):
-                module.cast_input_dtype_enabled = v.peft_cast
-        self.forward = torch.compile(self.model, dynamic=True) if v.compile else self.model
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=1e-4)
+            if hasattr(module, "lora_dropout"):
+                for name in list(module.lora_dropout.keys()):
+                    module.lora_dropout[name] = torch.nn.Dropout(v.dropout) if v.dropout else torch.nn.Identity()
+                module.cast_input_dtype_enabled = v.peft_cast and not v.prepared
+
+
+class Runner:
+    def __init__(self, name: str, v: Variant, model: Model, features: list[dict], bf16: bool) -> None:
+        self.name, self.v, self.m, self.features, self.bf16 = name, v, model, features, bf16
         self.batches = batches(features, v)
         self.cursor = 0
 
     def step(self) -> int:
         index = self.batches[self.cursor % len(self.batches)]
         self.cursor += 1
-        batch = collate(self.features, index, self.pad_id)
+        batch = collate(self.features, index, self.m.pad_id)
+        forward = self.m.model
+        if self.v.compile:
+            self.m.compiled = self.m.compiled or torch.compile(self.m.model, dynamic=True)
+            forward = self.m.compiled
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            loss = completion_loss(self.forward, batch)
+            loss = completion_loss(forward, batch)
         loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        self.m.opt.step()
+        self.m.opt.zero_grad(set_to_none=True)
         return int(batch["attention_mask"].sum())
 
-    def measure(self, tokens: int) -> float:
-        """Useful tokens/s over steps until at least `tokens` useful tokens were trained."""
+    def measure(self, tokens: int) -> tuple[float, float]:
+        """(useful tokens per wall second, per CPU second of this process) until `tokens` were trained."""
         default_threads = torch.get_num_threads()
         if self.v.threads:
             torch.set_num_threads(self.v.threads)
-        done, started = 0, time.perf_counter()
+        self.m.configure(self.v)
+        done, wall, cpu = 0, time.perf_counter(), time.process_time()
         while done < tokens:
             done += self.step()
-        rate = done / (time.perf_counter() - started)
+        rates = done / (time.perf_counter() - wall), done / (time.process_time() - cpu)
         torch.set_num_threads(default_threads)
-        return rate
+        return rates
 
 
 def main() -> None:
@@ -176,40 +213,56 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=3000, help="useful tokens per measurement")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rows", type=int, default=256)
-    parser.add_argument("--profile", default=None, help="profile one step of this variant and exit")
+    parser.add_argument("--profile", default=None, help="profile two steps of this variant and exit")
+    parser.add_argument("--layers", type=int, default=None, help="keep only the first N decoder layers")
     args = parser.parse_args()
     bf16 = bf16_supported("cpu")
     features, cfg = load_features(args.config, args.rows)
     table = variants(bf16)
+    models: dict[tuple[str, bool], Model] = {}
+
+    def runner(name: str) -> Runner:
+        v = table[name]
+        key = (v.weights, v.prepared)
+        if key not in models:
+            models[key] = Model(cfg.model, v.weights, args.layers, v.prepared, "bf16" if bf16 else "fp32")
+        return Runner(name, v, models[key], features, bf16)
+
     if args.profile:
-        runner = Runner(args.profile, table[args.profile], cfg.model, features, bf16)
-        runner.step()
-        runner.step()
+        r = runner(args.profile)
+        r.measure(1)
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU]) as prof:
-            tokens = sum(runner.step() for _ in range(2))
+            tokens = sum(r.step() for _ in range(2))
         print(f"{tokens} useful tokens in 2 steps")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
         return
     names = args.variants.split(",")
     if "default" not in names:
         names.insert(0, "default")
-    runners = {}
-    for name in names:
-        runners[name] = Runner(name, table[name], cfg.model, features, bf16)
-        runners[name].measure(600)  # warm-up: first-touch allocations, compilation
-    rates: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(args.rounds):
+    runners = {name: runner(name) for name in names}
+    for r in runners.values():
+        r.measure(1)  # warm-up: first-touch allocations, kernel selection, compilation
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for rnd in range(args.rounds):
         for name in names:
-            rates[name].append(runners[name].measure(args.tokens))
-            print(f"round {r} {name}: {rates[name][-1]:.1f} tok/s", file=sys.stderr, flush=True)
-    print(f"\nnative bf16: {bf16}; precision {'bf16 autocast' if bf16 else 'fp32'}; threads {torch.get_num_threads()}\n")
-    print("| variant | settings | useful tok/s (median) | ratio to default (median of rounds) |")
-    print("|---|---|---|---|")
+            w, c = runners[name].measure(args.tokens)
+            wall[name].append(w)
+            cpu[name].append(c)
+            print(f"round {rnd} {name}: {w:.1f} tok/s wall, {c:.1f} tok per CPU-s", file=sys.stderr, flush=True)
+    depth = f"{args.layers} of its layers" if args.layers else "all layers"
+    print(f"\n{cfg.model} ({depth}); native bf16: {bf16}; precision {'bf16 autocast' if bf16 else 'fp32'}; "
+          f"threads {torch.get_num_threads()}\n")
+    print("| variant | settings | useful tok/s | ratio (wall) | useful tok per CPU-s | ratio (CPU time) |")
+    print("|---|---|---|---|---|---|")
     for name in names:
-        ratio = statistics.median(a / b for a, b in zip(rates[name], rates["default"]))
-        print(f"| {name} | {table[name]} | {statistics.median(rates[name]):.1f} | {ratio:.2f}x |")
+        rw = statistics.median(a / b for a, b in zip(wall[name], wall["default"]))
+        rc = statistics.median(a / b for a, b in zip(cpu[name], cpu["default"]))
+        changed = {k: v for k, v in vars(table[name]).items() if v != vars(table["default"])[k]}
+        print(f"| {name} | {changed or '-'} | {statistics.median(wall[name]):.1f} | {rw:.2f}x | "
+              f"{statistics.median(cpu[name]):.1f} | {rc:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -82,3 +82,73 @@ def test_merge_equals_base_plus_adapter(tmp_path, which, kind, request):
     assert not torch.allclose(got, base_logits, atol=1e-3)
     with pytest.raises(AdapterError, match="not empty"):
         merge_adapter(tmp_path / "run", tmp_path / "merged")
+
+
+# ---------------------------------------------------------------- speed levers leave the numbers right
+
+
+def _lora_llama(model_dir, weights_dtype=torch.float32, dropout=0.0):
+    """Tiny Llama + LoRA on every projection, with fixed A and non-zero B so the adapter path counts."""
+    model = apply_lora(load_model(str(model_dir), dtype=weights_dtype).model, "causal",
+                       LoraSettings(r=4, alpha=8, dropout=dropout))
+    generator = torch.Generator().manual_seed(1)
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            param.data = (torch.randn(param.shape, generator=generator) * 0.1).to(param.dtype)
+    return model.train()
+
+
+def _loss(model, bf16: bool) -> torch.Tensor:
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44, 45, 46], [1, 50, 51, 52, 53, 54, 2, 2]])
+    mask = torch.tensor([[1] * 8, [1] * 6 + [0] * 2])
+    labels = torch.where(mask.bool(), ids, -100)
+    labels[:, :3] = -100
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        return model(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+
+def _lora_grads(model) -> torch.Tensor:
+    return torch.cat([p.grad.flatten().float() for n, p in model.named_parameters() if p.requires_grad])
+
+
+def test_dropout_zero_is_deterministic_and_equals_eval_mode(tiny_llama_dir):
+    model = _lora_llama(tiny_llama_dir, dropout=0.0)
+    assert not any(isinstance(m, torch.nn.Dropout) for m in model.modules())  # no masked copies at all
+    train_losses = [_loss(model, bf16=False).item() for _ in range(2)]
+    eval_loss = _loss(model.eval(), bf16=False).item()
+    assert train_losses[0] == train_losses[1] == pytest.approx(eval_loss, abs=1e-6)
+    with_dropout = _lora_llama(tiny_llama_dir, dropout=0.05).eval()
+    assert _loss(with_dropout, bf16=False).item() == pytest.approx(eval_loss, abs=1e-6)
+
+
+def test_bf16_frozen_projections_keep_the_numbers(tiny_llama_dir):
+    """prepare_for_precision("bf16") stores frozen projections in bf16 and skips peft's input cast:
+    the loss and LoRA gradients under bf16 autocast are those of fp32 weights under autocast
+    (autocast rounds the weights exactly so), and adapters and optimizer state stay fp32."""
+    from loratune.lora import prepare_for_precision
+
+    reference = _lora_llama(tiny_llama_dir)
+    lever = _lora_llama(tiny_llama_dir)
+    assert prepare_for_precision(lever, "bf16") == 14  # 7 projections x 2 layers; embeddings stay fp32
+    inner = lever.base_model.model.model
+    assert inner.layers[0].mlp.up_proj.base_layer.weight.dtype == torch.bfloat16
+    assert inner.embed_tokens.weight.dtype == torch.float32
+    assert {p.dtype for n, p in lever.named_parameters() if "lora_" in n} == {torch.float32}
+    expected, got = _loss(reference, bf16=True), _loss(lever, bf16=True)
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+    expected.backward()
+    got.backward()
+    assert torch.allclose(_lora_grads(reference), _lora_grads(lever), rtol=1e-3, atol=1e-5)
+    optimizer = torch.optim.AdamW([p for p in lever.parameters() if p.requires_grad], lr=1e-3)
+    optimizer.step()
+    assert {s["exp_avg"].dtype for s in optimizer.state.values()} == {torch.float32}
+
+
+def test_prepare_for_fp32_changes_nothing(tiny_llama_dir):
+    from loratune.lora import prepare_for_precision
+
+    model = _lora_llama(tiny_llama_dir)
+    before = _loss(model, bf16=False).item()
+    assert prepare_for_precision(model, "fp32") == 0
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert _loss(model, bf16=False).item() == before

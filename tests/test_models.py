@@ -64,6 +64,42 @@ def test_builtin_from_cache_loads(empty_cache: Path, tiny_llama_dir: Path) -> No
     assert loaded.source == "smollm2-135m-instruct"
 
 
+def _tiny_gemma3(path: Path, tokenizer_dir: Path) -> Path:
+    """A 2-layer Gemma3 text model (the built-in Gemma's architecture) with the tiny Llama's byte
+    tokenizer minus its chat template, since the built-in Gemma is a base model without one."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.chat_template = None
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"],
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=None,
+    )
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_builtin_gemma_from_cache_is_causal_without_template(empty_cache: Path, tiny_llama_dir: Path) -> None:
+    from loratune.config import LoraSettings
+    from loratune.data import wants_chat_template
+    from loratune.lora import apply_lora
+
+    target = _tiny_gemma3(catalog.hf_dir("gemma3-270m"), tiny_llama_dir)
+    catalog.write_marker(target, catalog.CATALOG["gemma3-270m"])
+    loaded = load_model("gemma3-270m", pull=False)
+    assert loaded.kind == "causal" and loaded.model.config.model_type == "gemma3_text"
+    assert not loaded.has_chat_template
+    assert not wants_chat_template(loaded.tokenizer, loaded.kind, None)  # plain prompts
+    assert loaded.tokenizer.pad_token == loaded.tokenizer.eos_token
+    model = apply_lora(loaded.model, loaded.kind, LoraSettings(r=4, alpha=8))
+    wrapped = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
 def test_missing_path_lists_neighbours(tmp_path: Path) -> None:
     (tmp_path / "flan-t5-base").mkdir()
     (tmp_path / "notes.txt").write_text("x")

@@ -16,7 +16,8 @@ from loratune.models import load_model
 from loratune.errors import QueueFull
 from loratune.generate import prompt_ids
 from loratune.serve.batching import Batcher
-from loratune.serve.jobs import Job, JobEvent, Sampling
+from loratune.serve.decode import DecodeBatch
+from loratune.serve.jobs import Job, JobEvent, Sampling, choose_tokens
 from loratune.serve.registry import open_registry
 
 
@@ -102,6 +103,55 @@ def test_mixed_adapter_batch_equals_one_at_a_time(adapters, family):
     assert all(job.adapter in ("a", "b", "base") for job in together)  # names restored after the batch
 
 
+def test_requests_join_and_leave_a_running_batch(adapters):
+    """Continuous batching: a request that arrives mid-generation joins the running rows at the next
+    step, a short one leaves as soon as it is done, and nobody's answer changes."""
+    base_dir, (run_a, run_b) = adapters["llama"]
+    registry = open_registry(str(base_dir), [f"a={run_a}", f"b={run_b}"])
+    rows = [("a", "hello there", 24), ("b", "what is the capital of France?", 4), ("base", "x", 10)]
+    alone = []
+    for row in rows:
+        (job,) = _jobs(registry, [row])
+        registry.run_jobs([job])
+        alone.append(job.tokens)
+    batch = DecodeBatch(registry)
+    first = _jobs(registry, rows[:1])
+    batch.admit(first)
+    for _ in range(5):
+        batch.step()
+    late = _jobs(registry, rows[1:])
+    batch.admit(late)  # joins a row that is 6 tokens in, with a longer prompt
+    sizes = [batch.running]
+    while batch.running:
+        batch.step()
+        sizes.append(batch.running)
+    assert sizes[0] == 3 and sizes == sorted(sizes, reverse=True) and 2 in sizes  # "b" left first
+    assert [j.tokens for j in first + late] == alone
+    assert batch.prefills == 2
+
+
+def test_greedy_rows_keep_their_answer_beside_sampled_rows(adapters):
+    base_dir, (run_a, _) = adapters["llama"]
+    registry = open_registry(str(base_dir), [f"a={run_a}"])
+    (greedy,) = _jobs(registry, [("a", "hello there", 12)])
+    registry.run_jobs([greedy])
+    torch.manual_seed(0)
+    jobs = _jobs(registry, [("a", "hello there", 12), ("base", "hello there", 12), ("a", "hi", 12)])
+    jobs[1].sampling = Sampling(temperature=1.5, top_p=0.9)
+    jobs[2].sampling = Sampling(temperature=1.0)
+    registry.run_jobs(jobs)
+    assert jobs[0].tokens == greedy.tokens
+    assert all(job.finish_reason in ("length", "stop") for job in jobs)
+
+
+def test_choose_tokens_top_p_keeps_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    torch.manual_seed(0)
+    draws = {choose_tokens(logits, [Sampling(temperature=1.0, top_p=0.7)])[0] for _ in range(200)}
+    assert draws == {0, 1}  # 0.5 + 0.3 reaches 0.7; the tail is never drawn
+    assert choose_tokens(logits, [Sampling()]) == [0]
+
+
 def test_dora_adapters_fall_back_to_one_adapter_per_batch(tiny_llama_dir: Path, tmp_path: Path):
     """peft cannot mix DoRA adapters in one batch; the registry then activates one at a time."""
     run = make_adapter_run(tiny_llama_dir, tmp_path / "dora", task=None, seed=5)
@@ -124,29 +174,45 @@ def test_dora_adapters_fall_back_to_one_adapter_per_batch(tiny_llama_dir: Path, 
     assert same_adapter[0].tokens == singles[0]
 
 
-class RecordingRunner:
+class RecordingDecoder:
+    """A decode loop that records who joins together and finishes each job at its next step."""
+
     def __init__(self, mixed: bool) -> None:
         self.mixed = mixed
-        self.batches: list[list[str]] = []
+        self.jobs: list[Job] = []
+        self.admitted: list[list[str]] = []
+        self.prefills = 0
         self.gate = threading.Event()
 
-    def mixed_batching(self) -> bool:
-        return self.mixed
+    @property
+    def running(self) -> int:
+        return len(self.jobs)
 
-    def run_jobs(self, jobs: list[Job]) -> None:
+    def can_join(self, job: Job, joining: list[Job]) -> bool:
+        rows = self.jobs + joining
+        return self.mixed or not rows or job.adapter == rows[0].adapter
+
+    def admit(self, jobs: list[Job]) -> None:
         self.gate.wait(5)
-        self.batches.append([job.adapter for job in jobs])
-        for job in jobs:
+        self.admitted.append([job.adapter for job in jobs])
+        self.jobs += jobs
+
+    def step(self) -> None:
+        for job in self.jobs:
             job.close()
+        self.jobs = []
+
+    def fail_all(self, message: str, status: int = 500) -> None:
+        self.jobs = []
 
 
-def _run_queue(runner: RecordingRunner, names: list[str], sampling: list[Sampling] | None = None, **kwargs) -> None:
-    batcher = Batcher(runner, batch_wait_s=0.0, **kwargs)
-    jobs = [Job(n, [1], max_tokens=1, sampling=(sampling or [Sampling()] * len(names))[i]) for i, n in enumerate(names)]
+def _run_queue(decoder: RecordingDecoder, names: list[str], **kwargs) -> None:
+    batcher = Batcher(decoder, batch_wait_s=0.0, **kwargs)
+    jobs = [Job(n, [1], max_tokens=1) for n in names]
     for job in jobs:
         batcher.submit(job)
     batcher.start()
-    runner.gate.set()
+    decoder.gate.set()
     deadline = time.monotonic() + 5
     while not all(job.finished for job in jobs) and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -154,26 +220,19 @@ def _run_queue(runner: RecordingRunner, names: list[str], sampling: list[Samplin
 
 
 def test_batcher_mixes_adapters_when_peft_can():
-    runner = RecordingRunner(mixed=True)
-    _run_queue(runner, ["a", "b", "a", "base", "b"])
-    assert runner.batches == [["a", "b", "a", "base", "b"]]
+    decoder = RecordingDecoder(mixed=True)
+    _run_queue(decoder, ["a", "b", "a", "base", "b"])
+    assert decoder.admitted == [["a", "b", "a", "base", "b"]]
 
 
 def test_batcher_without_mixing_serves_the_oldest_request_first():
-    runner = RecordingRunner(mixed=False)
-    _run_queue(runner, ["a", "b", "a", "b", "c", "a"], max_batch_size=2)
-    assert runner.batches == [["a", "a"], ["b", "b"], ["c"], ["a"]]
-
-
-def test_batcher_keeps_greedy_and_sampled_requests_apart():
-    runner = RecordingRunner(mixed=True)
-    hot = Sampling(temperature=0.8, top_p=0.9)
-    _run_queue(runner, ["a", "b", "a", "b"], sampling=[Sampling(), hot, Sampling(), hot])
-    assert runner.batches == [["a", "a"], ["b", "b"]]
+    decoder = RecordingDecoder(mixed=False)
+    _run_queue(decoder, ["a", "b", "a", "b", "c", "a"], max_batch_size=2)
+    assert decoder.admitted == [["a", "a"], ["b", "b"], ["c"], ["a"]]
 
 
 def test_queue_is_bounded():
-    batcher = Batcher(RecordingRunner(mixed=True), queue_size=2)
+    batcher = Batcher(RecordingDecoder(mixed=True), queue_size=2)
     batcher.submit(Job("a", [1], max_tokens=1))
     batcher.submit(Job("a", [1], max_tokens=1))
     with pytest.raises(QueueFull):

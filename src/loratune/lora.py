@@ -86,6 +86,43 @@ def apply_lora(model: Any, kind: str, settings: LoraSettings) -> Any:
     return peft_model
 
 
+def prepare_for_precision(model: Any, precision: str) -> int:
+    """Fit a LoRA model to the precision it trains in; returns how many frozen weights went to bf16.
+
+    With `precision == "bf16"` (bf16 autocast) two copies per adapted layer and step go away:
+    - autocast does not cache casts of frozen weights, so every matmul re-cast its fp32 weight to
+      bf16 on every forward. We store the frozen projection weights in bf16 once: autocast would
+      have rounded them exactly so, so the numbers do not change. Embeddings (tied to the vocabulary
+      projection in many small models) and norms stay fp32, and with them the residual stream:
+      storing *those* in bf16 made training slower on CPU, not faster (bench/train_levers.py);
+    - peft casts each adapted layer's input to the adapter's dtype (fp32), which autocast undoes
+      at once (the LoRA matmul runs in bf16 anyway); we skip that cast. The model must then run under
+      bf16 autocast, as the Trainer's `bf16=True` does.
+    Adapter weights stay fp32 in every case, so the optimizer's state is fp32 too. Other precisions
+    change nothing.
+    """
+    import torch
+
+    for module in model.modules():
+        if hasattr(module, "lora_A"):
+            for param in [*module.lora_A.parameters(), *module.lora_B.parameters()]:
+                param.data = param.data.float()
+    if precision != "bf16":
+        return 0
+    embeddings = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    stored = 0
+    for module in model.modules():
+        if hasattr(module, "lora_A"):
+            module.cast_input_dtype_enabled = False
+        if (isinstance(module, torch.nn.Linear) and not module.weight.requires_grad
+                and id(module.weight) not in embeddings and module.weight.dtype == torch.float32):
+            module.weight.data = module.weight.data.to(torch.bfloat16)
+            if module.bias is not None and not module.bias.requires_grad:
+                module.bias.data = module.bias.data.to(torch.bfloat16)
+            stored += 1
+    return stored
+
+
 def ensure_trainable(model: Any) -> None:
     """Training zero parameters would 'succeed' and change nothing; make it an error instead."""
     trainable, _ = count_parameters(model)

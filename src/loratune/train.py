@@ -258,7 +258,9 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
     plan = check_run(cfg, resume=resume, overwrite=overwrite)
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    state = PartialState()  # under torchrun this joins the process group (gloo on CPU, NCCL on GPUs)
+    # Under torchrun this joins the process group (gloo on CPU, NCCL on GPUs); `cpu` must match
+    # what TrainingArguments(use_cpu=...) asks of the same shared state.
+    state = PartialState(cpu=plan.device == "cpu")
     is_main = state.is_main_process
     log = log if is_main else (lambda _message: None)
     run_dir = cfg.run_dir
@@ -290,6 +292,12 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
             started = time.perf_counter()
             trainer.evaluate()  # logged at step 0 into metrics.jsonl
             eval_s = time.perf_counter() - started
+            if state.num_processes > 1:
+                # evaluate() has accelerate mark the model as prepared (for evaluation), and train()
+                # then skips wrapping it in DistributedDataParallel: each process would train alone
+                # on its share of the data. Clear the mark so train() wraps it.
+                trainer.model._is_accelerate_prepared = False
+                trainer.model_wrapped = trainer.model
             log(f"eval_loss at start: {_eval_loss_start(run_dir) if is_main else float('nan'):.4f}")
         if cfg.train.max_minutes and not resume:
             from loratune.trainer import TimeBudget

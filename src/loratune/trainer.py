@@ -60,7 +60,9 @@ class SeededSampling:
                 dataset, "column_names", ()):
             return super()._get_train_sampler(train_dataset)
         lengths = [len(ids) for ids in dataset["input_ids"]]
-        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        # Grouped by the global batch, so N processes x batch B see the rows one process x batch
+        # N*B sees (accelerate hands each process its slice of every global batch).
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
         return SeededLengthGroupedSampler(lengths, batch, self.args.data_seed or self.args.seed)
 
 

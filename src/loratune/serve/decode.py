@@ -19,6 +19,8 @@ so a group of requests is generated to the end with `generate` and the next grou
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import threading
 from typing import Any, Protocol
 
@@ -50,6 +52,17 @@ def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
     shape = list(tensor.shape)
     shape[dim] = missing
     return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def _cache_kwarg(model: Any) -> str:
+    """transformers 5.x renamed `past_key_values` to `cache` (the old name warns until 5.40)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_kwarg_of(type(base))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_of(model_class: type) -> str:
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _mergeable(cache: Any) -> bool:
@@ -118,9 +131,10 @@ class DecodeBatch:
             try:
                 with self.runtime.forward_for([job.adapter for job in jobs]) as (model, extra):
                     device = model.get_input_embeddings().weight.device
+                    extra[_cache_kwarg(model)] = cache
                     logits = model(input_ids=inputs["input_ids"].to(device), attention_mask=mask.to(device),
-                                   position_ids=positions.to(device), past_key_values=cache, use_cache=True,
-                                   logits_to_keep=1, **extra).logits[:, -1]
+                                   position_ids=positions.to(device), use_cache=True, logits_to_keep=1,
+                                   **extra).logits[:, -1]
             except Exception as exc:  # one bad prefill fails its own requests, not the running ones
                 for job in jobs:
                     job.fail(f"generation failed: {type(exc).__name__}: {exc}")
@@ -142,9 +156,9 @@ class DecodeBatch:
             mask = torch.cat([self._mask, ones], dim=1)
             try:
                 with self.runtime.forward_for([job.adapter for job in self.jobs]) as (model, extra):
+                    extra[_cache_kwarg(model)] = self._cache
                     logits = model(input_ids=self._next[:, None], attention_mask=mask,
-                                   position_ids=self._positions[:, None], past_key_values=self._cache,
-                                   use_cache=True, **extra).logits[:, -1]
+                                   position_ids=self._positions[:, None], use_cache=True, **extra).logits[:, -1]
             except Exception as exc:  # the cache may be half-updated: every running row fails
                 self.fail_all(f"generation failed: {type(exc).__name__}: {exc}")
                 return
