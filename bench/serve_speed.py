@@ -1,5 +1,10 @@
 """Serving throughput and latency: 1, 4 and 8 concurrent clients split across two adapters,
-against sequential single-request generation on the same model, measured in one run.
+against sequential single-request decoding on the same model, measured in one run.
+
+Also, in the same process: single-request decoding before this version (`generate` on fp32
+weights under bf16 autocast, the LoRA adapter unmerged: what `loratune chat` ran) against the
+serving decode loop, and the bound set by reading the weights once per token (the time to sum
+every weight the decode step reads, best of several reads).
 
 The model is the built-in smollm2-135m-instruct when it is pulled (~/.cache/loratune), else
 the tiny test Llama. Two adapters with small random LoRA weights stand in for trained ones
@@ -7,7 +12,10 @@ the tiny test Llama. Two adapters with small random LoRA weights stand in for tr
 max_tokens; the server's answers are checked against the sequential ones, so the rows compare
 the same work. Prints a markdown table.
 
-    .venv/bin/python bench/serve_speed.py [--requests 16] [--max-tokens 48] [--model NAME_OR_DIR] [--threads N]
+    .venv/bin/python bench/serve_speed.py [--requests 16] [--max-tokens 48] [--model NAME_OR_DIR] [--threads N] [--json]
+
+`--json` prints, as its last line, {"sequential_tokens_per_s", "concurrent": {"1"|"4"|"8": {"tokens_per_s",
+"p50_latency_s"}}, "answers_equal_fraction", "single_request": {...}}.
 """
 
 from __future__ import annotations
@@ -87,30 +95,74 @@ Measured = tuple[list[float], int, float, list[str]]
 
 
 def sequential_baseline(registry, requests: list[tuple[str, str]], max_tokens: int) -> Measured:
-    """One request at a time, straight through `model.generate` with that adapter set."""
-    from loratune.config import GenerationSettings
-    from loratune.generate import _encode_batch, autocast_context, clean_output, generation_kwargs
+    """One request at a time through the serving decode loop (no HTTP): single-request decoding."""
+    from loratune.generate import clean_output
+    from loratune.serve.jobs import Job
     from loratune.serve.prompts import build_chat_prompt
 
-    model, tokenizer, kind = registry.model, registry.tokenizer, registry.kind
-    kwargs = generation_kwargs(GenerationSettings(max_new_tokens=max_tokens), tokenizer)
     latencies, tokens, answers = [], 0, []
     started = time.perf_counter()
     for name, message in requests:
-        built = build_chat_prompt(registry.profile(name), tokenizer, kind, [{"role": "user", "content": message}])
+        built = build_chat_prompt(registry.profile(name), registry.tokenizer, registry.kind,
+                                  [{"role": "user", "content": message}])
+        job = Job(name, built.ids, max_tokens=max_tokens, strip=True)
         t0 = time.perf_counter()
+        registry.run_jobs([job])
+        latencies.append(time.perf_counter() - t0)
+        tokens += job.completion_tokens
+        answers.append(clean_output(job.text, built.task_kind))
+    return latencies, tokens, time.perf_counter() - started, answers
+
+
+def previous_single_request(base: str, adapters: dict[str, Path], registry, requests: list[tuple[str, str]],
+                            max_tokens: int) -> tuple[int, float]:
+    """Before this version: `generate` on a fresh fp32 model, LoRA unmerged, under bf16 autocast
+    where bf16 is native, one request at a time. Returns (generated tokens, seconds)."""
+    from peft import PeftModel
+
+    from loratune.config import GenerationSettings
+    from loratune.generate import autocast_context, encode_batch, generation_kwargs
+    from loratune.models import load_model
+    from loratune.serve.prompts import build_chat_prompt
+
+    loaded = load_model(base)
+    (first, first_dir), *others = adapters.items()
+    model = PeftModel.from_pretrained(loaded.model, str(first_dir / "adapter"), adapter_name=first)
+    for name, run_dir in others:
+        model.load_adapter(str(run_dir / "adapter"), adapter_name=name)
+    model.eval()
+    kwargs = generation_kwargs(GenerationSettings(max_new_tokens=max_tokens), loaded.tokenizer)
+    tokens, started = 0, time.perf_counter()
+    for name, message in requests:
+        built = build_chat_prompt(registry.profile(name), registry.tokenizer, registry.kind,
+                                  [{"role": "user", "content": message}])
         model.set_adapter(name)
-        inputs = _encode_batch(tokenizer, kind, [built.text], next(model.parameters()).device)
+        inputs = encode_batch(loaded.tokenizer, loaded.kind, [built.ids])
         with torch.inference_mode(), autocast_context(model):
             out = model.generate(**inputs, **kwargs)
-        new = out[0, inputs["input_ids"].shape[1]:] if kind == "causal" else out[0, 1:]
-        ids = new.tolist()
-        if tokenizer.eos_token_id in ids:
-            ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
-        latencies.append(time.perf_counter() - t0)
+        ids = out[0, inputs["input_ids"].shape[1]:].tolist() if loaded.kind == "causal" else out[0, 1:].tolist()
+        if loaded.tokenizer.eos_token_id in ids:
+            ids = ids[: ids.index(loaded.tokenizer.eos_token_id) + 1]
         tokens += len(ids)
-        answers.append(clean_output(tokenizer.decode(ids, skip_special_tokens=True), built.task_kind))
-    return latencies, tokens, time.perf_counter() - started, answers
+    return tokens, time.perf_counter() - started
+
+
+def weight_read_bound(model) -> tuple[float, float]:
+    """(GB the decode step reads, tokens/s if reading them once were all a token cost).
+
+    Every Linear weight (LoRA's included) and one embedding row per token; the read time is the
+    best of several `sum`s over those tensors, a memory-bound pass at this machine's bandwidth.
+    """
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    size = sum(w.numel() * w.element_size() for w in weights)
+    best = float("inf")
+    with torch.inference_mode():
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for w in weights:
+                w.sum(dtype=torch.float32)
+            best = min(best, time.perf_counter() - t0)
+    return size / 1e9, 1.0 / best
 
 
 def run_clients(url: str, requests: list[tuple[str, str]], clients: int, max_tokens: int) -> Measured:
@@ -159,6 +211,7 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="default: smollm2-135m-instruct if pulled, else the tiny Llama")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (on a busy machine 1 avoids threads spinning against each other)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,24 +221,33 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
 
-    from loratune.serve.app import BackgroundServer, ServeSettings, create_app
+    sys.path.insert(0, str(ROOT / "tests"))
+    from serve_helpers import BackgroundServer  # the tests' uvicorn-in-a-thread helper
+
+    from loratune.serve.app import ServeSettings, create_app
     from loratune.serve.registry import open_registry
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         base = pick_model(args.model, work)
-        sql = make_adapter(base, work / "sql", "sql-create-context", seed=1)
-        fin = make_adapter(base, work / "fin", "finance-alpaca", seed=2)
-        registry = open_registry(base, [f"sql={sql}", f"fin={fin}"])
+        adapters = {"sql": make_adapter(base, work / "sql", "sql-create-context", seed=1),
+                    "fin": make_adapter(base, work / "fin", "finance-alpaca", seed=2)}
+        registry = open_registry(base, [f"{name}={run}" for name, run in adapters.items()])
         requests = workload(args.requests)
         device = next(registry.model.parameters()).device
-        print(f"model {base} ({registry.kind}, {device}, torch threads {torch.get_num_threads()}); "
+        precision = "bf16 Linear weights under bf16 autocast" if registry.bf16 else "fp32"
+        print(f"model {base} ({registry.kind}, {device}, {precision}, torch threads {torch.get_num_threads()}); "
               f"{args.requests} requests per row, greedy, max_tokens {args.max_tokens}, two adapters\n", flush=True)
 
+        # Single-request decoding before and after, on the same requests, in this process.
+        previous_single_request(base, adapters, registry, requests[:1], 4)  # warm-up
+        old_tokens, old_s = previous_single_request(base, adapters, registry, requests[: max(4, args.requests // 4)],
+                                                    args.max_tokens)
         sequential_baseline(registry, requests[:2], 4)  # warm-up
         rows = []
         lat, tok, wall, reference = sequential_baseline(registry, requests, args.max_tokens)
-        rows.append(("sequential `generate` (no server)", 1, lat, tok, wall, True))
+        rows.append(("sequential decoding (no server)", 1, lat, tok, wall, 1.0))
+        gigabytes, bound = weight_read_bound(registry.model)
         app = create_app(registry, ServeSettings(max_batch_size=8, queue_size=64))
         with BackgroundServer(app) as server:
             run_clients(server.url, requests[:2], 2, 4)  # warm-up
@@ -193,17 +255,31 @@ def main() -> None:
                 batches_before = app.state.batcher.batches
                 lat, tok, wall, answers = run_clients(server.url, requests, clients, args.max_tokens)
                 batches = app.state.batcher.batches - batches_before
-                rows.append((f"server, {clients} client{'s' if clients > 1 else ''} ({batches} batches)",
-                             clients, lat, tok, wall, answers == reference))
+                same = sum(a == b for a, b in zip(answers, reference)) / len(reference)
+                rows.append((f"server, {clients} client{'s' if clients > 1 else ''} ({batches} prefills)",
+                             clients, lat, tok, wall, same))
 
     base_rate = rows[0][3] / rows[0][4]
+    old_rate = old_tokens / old_s
     print("| mode | clients | generated tokens | wall s | tokens/s | vs sequential "
           "| p50 latency s | p95 latency s | same answers |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|:---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode, clients, lat, tok, wall, same in rows:
         rate = tok / wall
         print(f"| {mode} | {clients} | {tok} | {wall:.1f} | {rate:.1f} | {rate / base_rate:.2f}x | "
-              f"{statistics.median(lat):.2f} | {percentile(lat, 95):.2f} | {'yes' if same else 'NO'} |")
+              f"{statistics.median(lat):.2f} | {percentile(lat, 95):.2f} | {same:.0%} |")
+    print(f"\nsingle-request decoding: before {old_rate:.1f} tok/s (generate, fp32 weights, autocast, LoRA unmerged), "
+          f"now {base_rate:.1f} tok/s ({base_rate / old_rate:.2f}x); reading the {gigabytes:.2f} GB of weights once "
+          f"per token bounds it at {bound:.1f} tok/s, so decoding reaches {base_rate / bound:.0%} of that bound")
+    if args.json:
+        concurrent = {str(clients): {"tokens_per_s": round(tok / wall, 2), "p50_latency_s": round(statistics.median(lat), 3)}
+                      for _, clients, lat, tok, wall, _ in rows[1:]}
+        print(json.dumps({
+            "sequential_tokens_per_s": round(base_rate, 2), "concurrent": concurrent,
+            "answers_equal_fraction": round(statistics.mean(same for *_, same in rows[1:]), 3),
+            "single_request": {"before_tokens_per_s": round(old_rate, 2), "after_tokens_per_s": round(base_rate, 2),
+                               "speedup": round(base_rate / old_rate, 2), "weight_read_bound_tokens_per_s": round(bound, 1)},
+        }))
 
 
 if __name__ == "__main__":

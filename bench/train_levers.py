@@ -74,6 +74,8 @@ def variants(bf16: bool) -> dict[str, Variant]:
         "d0_tokens1024": replace(base, dropout=0.0, token_budget=1024),
         "d0_tokens2048": replace(base, dropout=0.0, token_budget=2048),
         "d0_compile": replace(base, dropout=0.0, compile=True),
+        "d0_prepared_eager_compile": replace(base, dropout=0.0, prepared=True, attn="eager", compile=True),
+        "d0_prepared_eager_threads1": replace(base, dropout=0.0, prepared=True, attn="eager", threads=1),
         "best": best,
         "best_tokens2048": replace(best, token_budget=2048),
         "best_tokens4096": replace(best, token_budget=4096),

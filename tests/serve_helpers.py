@@ -4,6 +4,7 @@ adapter runs with random LoRA weights, and the offline answers the server must r
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -106,3 +107,26 @@ def training_prompt(base_dir: Path, task_name: str, message: str, max_source_tok
 
 def client_for(url: str, key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def sequential_logits(registry: Any, name: str, prompt: list[int], answer: list[int]) -> torch.Tensor:
+    """The logits a request alone (batch 1) sees at each answer position, teacher-forced through
+    the registry's model in its serving precision: row i scores the choice of `answer[i]`, and one
+    more row scores what follows the answer."""
+    with registry.lock, registry.forward_for([name]) as (model, extra):
+        logits = model(input_ids=torch.tensor([prompt + answer]), **extra).logits[0].float()
+    return logits[len(prompt) - 1 : len(prompt) + len(answer)]
+
+
+def agrees_up_to_bf16_ties(got: list[int], expected: list[int], logits: torch.Tensor, eos_id: int,
+                           ulps: int = 4) -> bool:
+    """True when `got` equals `expected`, or first differs where the token `got` chose (EOS when it
+    ended there) scores within `ulps` bf16 rounding steps of the best logit of the sequential run:
+    a near-tie that bf16 rounding in a differently shaped batch may flip. Anything else is a bug."""
+    for i, (mine, theirs) in enumerate(zip([*got, eos_id], [*expected, eos_id])):
+        if mine != theirs:
+            row = logits[i]
+            best = float(row.max())
+            ulp = 2.0 ** (math.floor(math.log2(max(abs(best), 1e-6))) - 7)  # bf16 keeps 8 significant bits
+            return best - float(row[mine]) <= ulps * ulp
+    return True

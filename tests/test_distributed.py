@@ -10,7 +10,7 @@ from dataclasses import asdict
 import pytest
 import yaml
 
-from run_helpers import make_cfg
+from run_helpers import PAIRS, make_cfg
 
 
 @pytest.mark.slow
@@ -21,6 +21,14 @@ def test_two_ranks_match_one_process(tmp_path, tiny_llama_dir, group_by_length):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     cfg = make_cfg(tmp_path, tiny_llama_dir, name="one", max_steps=6, batch_size=8, eval_steps=3, logging_steps=1,
                    group_by_length=group_by_length)
+    # 48 rows: whole global batches. With a remainder, accelerate pads the shorter process's last
+    # batch with repeated rows, so that one step of each epoch differs from a single process's.
+    rows = [{"prompt": f"Fruit of colour {c} ({i}):", "completion": f" {f}" * (1 + i % 3)}
+            for i in range(8) for c, f in PAIRS]
+    data = tmp_path / "fruit48.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg.data.train = cfg.data.eval = str(data)
+    cfg.data.max_eval_rows = 8  # one whole global batch for the eval loss too
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(asdict(cfg)))
     # fp32 on both sides: bf16 would round the per-process halves differently from the whole batch.

@@ -247,16 +247,36 @@ def bf16_supported(device: str | torch.device | None = None) -> bool:
         return False
 
 
-def weights_dtype_for(setting: str, precision: str) -> torch.dtype:
-    """The dtype to store frozen base weights in, for `train.weights_dtype` and the resolved precision.
+EAGER_ATTENTION_MAX_TOKENS = 256
+"""On CPU, batches up to this many tokens wide train faster with eager attention than with SDPA."""
 
-    `auto` stores them in bf16 when training computes in bf16: autocast does not cache casts of
-    frozen weights, so fp32 weights are re-cast to bf16 by every matmul of every step, and the
-    residual stream and activations kept in fp32 double the memory traffic. LoRA weights and their
-    optimizer state stay fp32 (peft upcasts adapters), so small updates are not rounded away.
+
+def attention_for(device: str, width: int) -> str:
+    """The attention implementation that trains a batch `width` tokens wide fastest on `device`.
+
+    On CPU, SDPA's fused kernel has a slow backward pass for short rows: at 128 tokens eager
+    attention (plain bf16 matmuls + softmax) takes 0.66x its time, at 512 tokens 2.3x, at 2048
+    5.3x (fwd + bwd under bf16 autocast, bench/train_levers.py's attention lever). GPUs keep SDPA.
     """
-    if setting == "auto":
-        return torch.bfloat16 if precision == "bf16" else torch.float32
+    return "eager" if torch.device(device).type == "cpu" and width <= EAGER_ATTENTION_MAX_TOKENS else "sdpa"
+
+
+def use_attention_for(model: Any, device: str, width: int) -> None:
+    """Switch `model` to the fastest attention for this batch; transformers reads it at each forward."""
+    wanted = attention_for(device, width)
+    if model.config._attn_implementation != wanted:  # a peft model forwards both to the base model
+        model.set_attn_implementation(wanted)
+
+
+def weights_dtype_for(setting: str) -> torch.dtype:
+    """The dtype to load base weights in, for `train.weights_dtype`.
+
+    `auto` loads fp32: under bf16 autocast, `lora.prepare_for_precision` then stores the frozen
+    projection weights in bf16 (autocast rounds them so anyway) and keeps embeddings, norms and the
+    residual stream fp32. Loading *every* weight in bf16 (`bf16`, the original recipe) made CPU
+    training slower: a bf16 residual stream, and a bf16 tied vocabulary projection that matmul
+    copies once per row (bench/train_levers.py).
+    """
     return torch.bfloat16 if setting == "bf16" else torch.float32
 
 
