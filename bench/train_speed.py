@@ -8,8 +8,8 @@ Recipes (each trains the same rows once, in one process, one after the other):
             DataCollatorForSeq2Seq dynamic padding, random order, LoRA dropout 0.05, bf16=True
             where bf16 is native (else fp32); same LoRA rank and targets as loratune;
   loratune  loratune's defaults through loratune's own training path (`train_run`); the
-            speed-related keys the demo config pins (lora.dropout, train.weights_dtype,
-            train.batch_tokens) are reset to the library's defaults.
+            speed-related keys the demo config pins (lora.dropout, train.weights_dtype) are
+            reset to the library's defaults.
 
 Useful tokens are the non-padding tokens a recipe trained on. MFU = useful tokens/s x FLOP per
 useful token / matmul peak of the precision the recipe computed in.
@@ -34,7 +34,7 @@ multiply-add; T = a row's length, A = its answer tokens, d = hidden size, V = vo
 Norms, activations, rotary embeddings and the optimizer are left out (a few % of the FLOPs).
 The figure is averaged over the bench's rows (sum over rows / useful tokens).
 
-    .venv/bin/python bench/train_speed.py [--steps 6] [--batch-size 8] [--rows N] [--json]
+    .venv/bin/python bench/train_speed.py [--steps 4] [--batch-size 8] [--json]
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ def run_plain_hf(cfg: RunConfig, features: list[dict], batch_size: int, out: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "text2sql-smollm2.yaml"))
-    parser.add_argument("--steps", type=int, default=6, help="optimizer steps of the row-batched recipes")
+    parser.add_argument("--steps", type=int, default=4, help="optimizer steps of the row-batched recipes")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--peak-seconds", type=float, default=1.5, help="seconds per peak measurement")
     parser.add_argument("--recipes", default="original,plain_hf,loratune")
@@ -204,8 +204,7 @@ def main() -> None:
     cfg = load_config(args.config, [f"data.max_train_rows={rows}"])
     features = bench_features(cfg)
     fpt = flop_per_token(cfg, features)
-    # Every recipe trains these rows once: `rows` rows, `steps` batches of `batch_size` rows
-    # (loratune's token budget may cut them into a different number of batches).
+    # Every recipe trains these rows once: `rows` rows, `steps` batches of `batch_size` rows.
     common = [
         f"output_dir={out}", f"data.max_train_rows={rows}", "train.epochs=1", "train.max_steps=-1",
         f"train.batch_size={args.batch_size}", "train.grad_accum=1", "train.eval_loss_rows=8",
@@ -217,14 +216,11 @@ def main() -> None:
         "original": lambda: run_loratune_path(args.config, common + [
             "name=original", "lora.dropout=0.05", "train.pad_to_max_length=true", "train.group_by_length=false",
             "train.completion_only_logits=false", f"train.weights_dtype={weights}", f"train.precision={weights}",
-            *(["train.batch_tokens=null"] if hasattr(defaults_train, "batch_tokens") else []),
         ]),
         "plain_hf": lambda: run_plain_hf(cfg, features, args.batch_size, out + "/plain_hf"),
         "loratune": lambda: run_loratune_path(args.config, common + [
             "name=loratune", f"lora.dropout={defaults_lora.dropout}",
             f"train.weights_dtype={defaults_train.weights_dtype}",
-            *([f"train.batch_tokens={json.dumps(defaults_train.batch_tokens)}"]
-              if hasattr(defaults_train, "batch_tokens") else []),
         ]),
     }
     results: dict[str, dict[str, Any]] = {}

@@ -83,9 +83,6 @@ class TrainSettings:
     weight_decay: float = 0.0
     batch_size: Union[int, Literal["auto"]] = 8
     """Rows per device step, or `auto` (CUDA: find the largest that fits)."""
-    batch_tokens: Optional[int] = None
-    """Causal LMs: size training batches by padded tokens (rows x longest row) instead of
-    `batch_size` rows; None keeps row batches. Evaluation still uses `batch_size`."""
     grad_accum: int = 1
     seed: int = 42
     precision: Precision = "auto"
@@ -284,8 +281,6 @@ def validate(cfg: RunConfig, source: str) -> RunConfig:
             raise bad("train.save_steps", "needs train.eval_steps (checkpoints are kept by their eval loss)")
         if cfg.train.save_steps < 1 or cfg.train.save_steps % cfg.train.eval_steps:
             raise bad("train.save_steps", f"must be a positive multiple of train.eval_steps ({cfg.train.eval_steps})")
-    if cfg.train.batch_tokens is not None and cfg.train.batch_tokens < 1:
-        raise bad("train.batch_tokens", "must be at least 1 (or null for row batches)")
     if isinstance(cfg.train.batch_size, int) and cfg.train.batch_size < 1:
         raise bad("train.batch_size", "must be at least 1 or 'auto'")
     if cfg.data.drop_percentile is not None and not 0 < cfg.data.drop_percentile <= 100:
