@@ -1,10 +1,12 @@
-"""Generation: batching and padding do not change answers; SQL is cut to its first statement."""
+"""Generation: batching and padding do not change answers; SQL is cut to its first statement; the
+bf16-weight path gives bit-for-bit the answers of plain bf16 autocast and leaves the model as it was."""
 
 import pytest
+import torch
 
 from loratune.config import GenerationSettings
-from loratune.data import render_prompt
-from loratune.generate import extract_sql, generate_texts
+from loratune.data import encode_prompt, render_prompt
+from loratune.generate import encode_batch, extract_sql, generate_texts, generation_precision, prompt_ids
 from loratune.models import load_model
 
 
@@ -30,7 +32,38 @@ def test_batched_equals_one_by_one(which, kind, request):
     batched = generate_texts(loaded.model, loaded.tokenizer, kind, prompts, settings, batch_size=3)
     single = [generate_texts(loaded.model, loaded.tokenizer, kind, [p], settings, batch_size=1)[0] for p in prompts]
     assert batched == single
-    assert all(isinstance(t, str) for t in batched)
     # causal outputs never echo the prompt
     if kind == "causal":
         assert not any(out.startswith("<|im_start|>") for out in batched)
+
+
+def test_encode_batch_pads_causal_left_and_seq2seq_right(tiny_llama_dir, tiny_t5_dir):
+    llama = load_model(str(tiny_llama_dir)).tokenizer
+    long, short = "<|im_start|>user\nhello<|im_end|>\n", "hi"
+    batch = encode_batch(llama, "causal", [long, prompt_ids(llama, "causal", short)])
+    ids = encode_prompt(llama, short)
+    pad = batch["input_ids"].shape[1] - len(ids)
+    assert batch["input_ids"][1].tolist() == [llama.pad_token_id] * pad + ids  # ids pass through as given
+    assert batch["attention_mask"][1].tolist() == [0] * pad + [1] * len(ids)
+    assert batch["input_ids"][0].tolist() == encode_prompt(llama, long)  # no BOS added before the template's own
+    t5 = load_model(str(tiny_t5_dir)).tokenizer
+    batch = encode_batch(t5, "seq2seq", ["a longer input", "ab"])
+    assert batch["attention_mask"][1].tolist() == [1] * 3 + [0] * (batch["input_ids"].shape[1] - 3)  # a, b, eos
+
+
+def test_bf16_weights_answer_as_plain_autocast(tiny_llama_dir, monkeypatch):
+    monkeypatch.setenv("LORATUNE_PRECISION", "bf16")  # emulated (slowly) where bf16 is not native
+    loaded = load_model(str(tiny_llama_dir))
+    model = loaded.model.eval()
+    inputs = encode_batch(loaded.tokenizer, "causal", ["hello there", "what is a bond?"])
+    kwargs = dict(max_new_tokens=16, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)
+    before = {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()}
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):  # what generation did before
+        reference = model.generate(**inputs, **kwargs, output_logits=True, return_dict_in_generate=True)
+    with torch.inference_mode(), generation_precision(model):
+        assert model.lm_head.weight.dtype == torch.bfloat16 and model.model.embed_tokens.weight.dtype == torch.float32
+        fast = model.generate(**inputs, **kwargs, output_logits=True, return_dict_in_generate=True)
+    assert torch.equal(fast.sequences, reference.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(fast.logits, reference.logits, strict=True))
+    assert {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()} == before  # restored
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied

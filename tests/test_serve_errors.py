@@ -248,10 +248,14 @@ def test_adapter_whose_base_moved_is_served_with_a_warning(tiny_llama_dir: Path,
         open_registry(None, [f"fin={run}", f"other={other}"])
 
 
-def test_serve_command_reports_startup_errors_in_one_line(tiny_llama_dir: Path, capsys):
+def test_serve_command_reports_startup_errors_in_one_line(tiny_llama_dir: Path, tmp_path: Path, capsys):
     assert cli_main(["serve", "--adapter", "sql"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected NAME=RUN_DIR" in err
+    missing = tmp_path / "no-such-folder"
+    assert cli_main(["serve", "--base", str(tiny_llama_dir), "--adapter-root", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--adapter-root {missing}: no such folder" in err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

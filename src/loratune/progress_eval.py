@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import PercentFormatter
 
 from loratune.errors import AdapterError
 from loratune.records import read_json, read_json_or_none, read_jsonl, write_json
@@ -168,10 +169,8 @@ def evaluate_progress(
             model.set_adapter(name)
         point = {"step": step, "minutes": round(seconds[step] / 60, 3), "adapter": str(path), **score(model, name)}
         points.append(point)
-        if len(model.peft_config) > 1:
-            previous = [n for n in model.peft_config if n != name]
-            for old in previous:
-                model.delete_adapter(old)
+        for previous in [n for n in model.peft_config if n != name]:
+            model.delete_adapter(previous)
 
     progress = {
         "rows": len(eval_rows),
@@ -218,6 +217,7 @@ def draw_accuracy_vs_time(
     ax.set_ylabel(_METRIC_NAMES.get(metric, metric))
     ax.set_xlim(left=0, right=max(x) * 1.05 + 0.1)
     ax.set_ylim(0, min(1.0, max(y) * 1.25 + 0.05))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.grid(True, alpha=0.3)
     ax.legend(loc="lower right", fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
