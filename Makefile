@@ -2,18 +2,32 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU wheel of torch: a plain `torch` requirement would pull a multi-GB CUDA build.
+# torch goes in first, on its own, and only when the venv has none (a CUDA torch you installed
+# there is kept). Which build pip takes depends on the index: from PyPI on Linux, torch==2.13.0 is
+# the CUDA build, with several GB of NVIDIA libraries. On a machine without a GPU, take the CPU
+# build from PyTorch's CPU wheel index:
+#   make install TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# To switch builds later, `make clean` first.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+TORCH_INDEX := $(if $(TORCH_INDEX_URL),--index-url "$(TORCH_INDEX_URL)")
 DEMO_CONFIG ?= configs/text2sql-smollm2.yaml
+# `make test-floor`: a second venv with the oldest releases pyproject.toml admits
+# (constraints-floor.txt), the quick tests of the modules that call transformers, peft and
+# accelerate, and the GGUF load of the default model (it pulls the model once, like `make demo`).
+FLOOR_VENV ?= build/floor-venv
+FLOOR_TESTS := tests/test_train.py tests/test_trainer.py tests/test_evaluate.py tests/test_lora.py \
+	tests/test_models.py tests/test_data.py
+FLOOR_GGUF_TEST := tests/test_catalog.py::test_converted_model_matches_gguf[smollm2-135m-instruct]
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast test-floor bench clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
@@ -27,10 +41,22 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not browser"
 
+$(FLOOR_VENV)/.installed: pyproject.toml constraints-floor.txt
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOOR_VENV)/bin/python -c "import torch" 2>/dev/null || $(FLOOR_VENV)/bin/python -m pip install --quiet $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(FLOOR_VENV)/bin/python -m pip install --quiet -e ".[dev]" -c constraints-floor.txt
+	touch $@
+
+test-floor: $(FLOOR_VENV)/.installed
+	$(FLOOR_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|peft|accelerate) '
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(FLOOR_VENV)/bin/python -m pytest -q -m "not slow and not browser" $(FLOOR_TESTS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(FLOOR_VENV)/bin/python -m pytest -q "$(FLOOR_GGUF_TEST)"
+
 bench: install
 	$(BIN)/python bench/train_speed.py
 	$(BIN)/python bench/sql_suite_agreement.py
 	$(BIN)/python bench/serve_speed.py
 
 clean:
-	rm -rf $(VENV) runs merged
+	rm -rf $(VENV) $(FLOOR_VENV) runs merged

@@ -114,8 +114,12 @@ def sequential_logits(registry: Any, name: str, prompt: list[int], answer: list[
     the registry's model in its serving precision: row i scores the choice of `answer[i]`, and one
     more row scores what follows the answer."""
     with registry.lock, registry.forward_for([name]) as (model, extra):
-        logits = model(input_ids=torch.tensor([prompt + answer]), **extra).logits[0].float()
-    return logits[len(prompt) - 1 : len(prompt) + len(answer)]
+        if registry.kind == "causal":
+            logits = model(input_ids=torch.tensor([prompt + answer]), **extra).logits[0].float()
+            return logits[len(prompt) - 1 : len(prompt) + len(answer)]
+        decoder = [model.config.decoder_start_token_id, *answer]
+        return model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([decoder]),
+                     **extra).logits[0].float()
 
 
 def agrees_up_to_bf16_ties(got: list[int], expected: list[int], logits: torch.Tensor, eos_id: int,

@@ -353,13 +353,8 @@ def test_real_smollm2_trained_adapter_exports(tmp_path):
     assert worst < 1e-4 and got == expected
     export_run(run, tmp_path / "f16" / "smol.gguf", outtype="f16")
     worst16, _, got16 = compare(merged, tmp_path / "f16" / "smol.gguf", new_tokens=20)
+    # Measured: 0.042, and 3 of 4 answers identical (the 4th splits at a near-tie, "A:" vs "A").
     assert worst16 < 0.5
     assert sum(a == b for a, b in zip(expected, got16)) >= len(PROMPTS) - 1
-    export_run(run, tmp_path / "q8" / "smol.gguf", outtype="q8_0")
-    worst8, _, got8 = compare(merged, tmp_path / "q8" / "smol.gguf", new_tokens=20)
-    print(f"SmolLM2 max |logit difference|: f32 {worst:.3g}, f16 {worst16:.3g}, q8_0 {worst8:.3g}; "
-          f"same greedy answers f16 {sum(a == b for a, b in zip(expected, got16))}/4, "
-          f"q8_0 {sum(a == b for a, b in zip(expected, got8))}/4")
-    assert worst8 < 2.0 and sum(a[:8] == b[:8] for a, b in zip(expected, got8)) >= len(PROMPTS) - 1
     modelfile = (tmp_path / "f16" / "Modelfile").read_text()
     assert "FROM ./smol.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile

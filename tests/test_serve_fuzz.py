@@ -64,11 +64,13 @@ WRONG_FIELDS: dict[str, list] = {
     "top_p": NOT_A_NUMBER + [0, -1, 1.5],
     "n": NOT_A_NUMBER + [2, 0, -3, 10**9],
     "stream": NOT_A_BOOL,
-    "stop": [1, {}, [""], ["a", "b", "c", "d", "e"], [1, 2], ""],
+    "stop": [1, {}, [""], ["a", "b", "c", "d", "e"], [1, 2], "", "\ud800"],
     "messages": NOT_A_LIST + [[], [{}], [{"role": "robot", "content": "x"}], [{"role": "user", "content": 5}],
                               [{"role": "user", "content": [{"type": "image_url"}]}],
                               [{"role": "system", "content": "no user here"}],
-                              [{"role": "user", "content": "w " * 600}]],
+                              [{"role": "user", "content": "w " * 600}],
+                              [{"role": "user", "content": "a\ud800b"}],
+                              [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]],
 }
 
 
@@ -106,7 +108,7 @@ def _wrong_types(rng: random.Random) -> Request:
         body[field] = rng.choice(WRONG_FIELDS[field])
     if rng.random() < 0.3:  # the same through /v1/completions
         body.pop("messages")
-        body["prompt"] = rng.choice([["a", "b"], [], 5, {"p": 1}, [1]])
+        body["prompt"] = rng.choice([["a", "b"], [], 5, {"p": 1}, [1], "\ud800", ["x\udc00"]])
         return "POST", "/v1/completions", AUTH, _json(body)
     return "POST", "/v1/chat/completions", AUTH, _json(body)
 
@@ -123,7 +125,8 @@ def _huge_bodies(rng: random.Random) -> Request:
 def _auth(rng: random.Random) -> Request:
     headers = rng.choice([{}, {"Authorization": "Bearer nope"}, {"Authorization": "Bearer"},
                           {"Authorization": KEY}, {"X-Api-Key": "nope"}, {"Authorization": "Basic Zm9vOmJhcg=="},
-                          {"Authorization": "Bearer " + KEY + "x"}, {"Authorization": "Bearer \u00e9\u00e8".encode("latin-1")}])
+                          {"Authorization": "Bearer " + KEY + "x"},
+                          {"Authorization": "Bearer \u00e9\u00e8".encode("latin-1")}])
     method, path = rng.choice([("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
                                ("POST", "/v1/adapters"), ("DELETE", "/v1/adapters/fin")])
     body = _json(_valid_chat()) if method == "POST" else None
@@ -135,7 +138,8 @@ def _adapters(server: SimpleNamespace) -> Callable[[random.Random], Request]:
         path = rng.choice([
             "/", "/etc", "/etc/passwd", str(server.outside), str(server.runs / "escape"),
             str(server.runs / ".." / "outside"), str(server.runs / "missing"), "runs/fin1", "~",
-            "a\u0000b", "x" * 5000, str(server.runs) + "/../" * 20 + "etc", str(server.runs / "fin1" / "adapter" / "adapter_config.json"),
+            "a\u0000b", "x" * 5000, str(server.runs / "\ud800"), str(server.runs) + "/../" * 20 + "etc",
+            str(server.runs / "fin1" / "adapter" / "adapter_config.json"),
         ])
         name = rng.choice(["fin", "new1", "base", "__base__", "a.b", "", "x" * 100, "../x", 5])
         if rng.random() < 0.3:
@@ -154,7 +158,14 @@ def _routes(rng: random.Random) -> Request:
 
 def _send(url: str, request: Request) -> httpx.Response:
     method, path, headers, content = request
+    if content is not None:
+        headers = {"Content-Type": "application/json", **headers}
     return httpx.request(method, url + path, headers=headers, content=content, timeout=60)
+
+
+def _wrong_content_type(rng: random.Random) -> Request:
+    kind = rng.choice(["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", ""])
+    return "POST", "/v1/chat/completions", {**AUTH, "Content-Type": kind}, _json(_valid_chat())
 
 
 def _check_error(response: httpx.Response, request: Request) -> int:
@@ -192,7 +203,7 @@ def _good_request_succeeds(server: SimpleNamespace) -> None:
 
 def test_hostile_requests_get_4xx_and_the_server_carries_on(server):
     rng = random.Random(SEED)
-    makers = [_malformed_json, _wrong_types, _huge_bodies, _auth, _adapters(server), _routes]
+    makers = [_malformed_json, _wrong_types, _huge_bodies, _auth, _adapters(server), _routes, _wrong_content_type]
     deadline = time.monotonic() + BUDGET_S
     statuses: collections.Counter[int] = collections.Counter()
     for _ in range(10):
@@ -217,7 +228,8 @@ def test_adapter_loading_is_confined_to_the_roots(server):
 
     outside, escape = load("out", server.outside), load("out", server.runs / "escape")
     assert outside.status_code == escape.status_code == 403
-    assert outside.json()["error"]["code"] == "adapter_path_forbidden" and str(server.runs) in outside.json()["error"]["message"]
+    error = outside.json()["error"]
+    assert error["code"] == "adapter_path_forbidden" and str(server.runs.resolve()) in error["message"]
     missing = load("gone", server.runs / "missing")
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "path"
     inside = load("fin2", server.runs / "fin1")  # a real adapter under the root loads

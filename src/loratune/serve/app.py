@@ -140,6 +140,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if "json" not in request.headers.get("content-type", "").lower():  # FastAPI then never parsed the body
+            return _error_response(400, "send the request body as JSON, with 'Content-Type: application/json'")
         message, param = _validation_message(exc)
         return _error_response(400, message, param=param)
 
@@ -341,7 +343,8 @@ def allowed_adapter_path(path: str, roots: tuple[Path, ...]) -> Path:
     """
     if not roots:
         raise RequestError(403, "loading adapters over HTTP is off on this server; start it with "
-                           "--adapter-root DIR to allow folders under DIR", param="path", code="adapter_loading_disabled")
+                           "--adapter-root DIR to allow folders under DIR", param="path",
+                           code="adapter_loading_disabled")
     try:
         resolved = Path(path).expanduser().resolve()
     except (OSError, ValueError, RuntimeError) as exc:  # NUL bytes, symlink loops

@@ -246,7 +246,8 @@ class DecodeBatch:
         try:
             with self.runtime.forward_for([job.adapter for job in jobs]) as (model, extra):
                 device = model.get_input_embeddings().weight.device
-                inputs = encode_batch(self.runtime.tokenizer, self.runtime.kind, [job.prompt_ids for job in jobs], device)
+                prompts = [job.prompt_ids for job in jobs]
+                inputs = encode_batch(self.runtime.tokenizer, self.runtime.kind, prompts, device)
                 model.generate(**inputs, **kwargs, **extra, stopping_criteria=StoppingCriteriaList([tracker]))
         except Exception as exc:  # one bad batch must not take the server down
             for job in jobs:

@@ -33,10 +33,25 @@ ERROR_TYPES = {
 
 def error_body(status: int, message: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     error_type = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    # Messages may quote what a client sent; a lone surrogate in it would make the JSON encoder fail.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
 
 
 # ---------------------------------------------------------------- requests
+
+
+def _unicode(value: Any) -> Any:
+    """JSON can carry lone UTF-16 surrogates (`"\\ud800"`), which no tokenizer can encode: refuse
+    them here, as a 400 naming the field, instead of failing inside the tokenizer."""
+    texts = [value] if isinstance(value, str) else [v for v in value if isinstance(v, str)] if isinstance(
+        value, list) else []
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (it holds a lone surrogate such as \\ud800)") from None
+    return value
 
 
 class ChatMessage(BaseModel):
@@ -44,6 +59,15 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant"]
     content: str | list[dict[str, Any]] | None = ""
+
+    @field_validator("content")
+    @classmethod
+    def _check_content(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for part in value:
+                _unicode([v for v in part.values() if isinstance(v, str)])
+            return value
+        return _unicode(value)
 
 
 class StreamOptions(BaseModel):
@@ -70,7 +94,7 @@ class GenerationParams(BaseModel):
     @field_validator("stop")
     @classmethod
     def _check_stop(cls, value: str | list[str] | None) -> list[str]:
-        stops = [value] if isinstance(value, str) else list(value or [])
+        stops = _unicode([value] if isinstance(value, str) else list(value or []))
         if len(stops) > 4:
             raise ValueError("at most 4 stop sequences")
         if any(not s for s in stops):
@@ -101,7 +125,7 @@ class CompletionRequest(GenerationParams):
             if len(value) != 1:
                 raise ValueError("send one prompt per request (a list must hold exactly one string)")
             value = value[0]
-        return value
+        return _unicode(value)
 
     @property
     def answer_tokens(self) -> int | None:
