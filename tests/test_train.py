@@ -148,19 +148,19 @@ def test_a_second_training_of_the_same_run_is_refused(tmp_path, tiny_llama_dir):
 
 def test_time_budget_fits_the_steps_and_runs_the_schedule_whole(tmp_path, tiny_llama_dir):
     cfg = make_cfg(tmp_path, tiny_llama_dir, name="budget", max_steps=100_000, eval_steps=None,
-                   max_minutes=0.1, logging_steps=1, scheduler="cosine", warmup_ratio=0.1)
+                   max_minutes=0.25, logging_steps=1, scheduler="cosine", warmup_ratio=0.1)
     messages = []
     result = train_run(cfg, log=messages.append)
     steps = result.summary["steps"]
     assert 6 <= steps < 100_000
-    assert any(f"-> {steps} steps" in m for m in messages)
-    assert result.summary["max_minutes"] == 0.1
+    assert any(f"-> {steps} steps" in m for m in messages), [m for m in messages if "max_minutes" in m]
+    assert result.summary["max_minutes"] == 0.25
     lrs = [r["learning_rate"] for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
            if "learning_rate" in r]
     # The cosine reached its end: the last logged rate is a small fraction of the peak.
     assert lrs[-1] < 0.05 * max(lrs)
-    # A loaded 2-core runner is slow: only a loose bound on the wall time (budget 6 s).
-    assert result.summary["wall_time_s"] < 60
+    # A loaded 2-core runner is slow: only a loose bound on the wall time (budget 15 s).
+    assert result.summary["wall_time_s"] < 120
 
 
 def test_zero_targets_is_an_error(tmp_path, tiny_llama_dir):
@@ -212,3 +212,18 @@ def test_a_killed_training_resumes_to_the_same_adapter(tmp_path, tiny_llama_dir)
         assert float((whole[key] - again[key]).abs().max()) <= 1e-4 * max(scale, 1e-8), key
     summary = json.loads((killed_dir / "run_summary.json").read_text())
     assert summary["resumed"] and summary["steps"] == 60
+
+
+def test_keep_best_false_ends_with_the_last_weights(tmp_path, tiny_llama_dir):
+    """With keep_best off the adapter is the last step's, never one chosen by loss on the eval rows."""
+    from safetensors.torch import load_file
+
+    cfg = make_cfg(tmp_path, tiny_llama_dir, name="last", max_steps=6, eval_steps=3, keep_best=False,
+                   save_total_limit=5, lr=0.5)  # a rate that makes the last step worse than the best
+    result = train_run(cfg, log=lambda *_: None)
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    last_eval = [r["eval_loss"] for r in rows if "eval_loss" in r and r["step"] == 6][-1]
+    assert result.summary["eval_loss_end"] == pytest.approx(last_eval)
+    final = load_file(result.run_dir / "adapter" / "adapter_model.safetensors")
+    checkpoint = load_file(result.run_dir / "checkpoints" / "checkpoint-6" / "adapter_model.safetensors")
+    assert all(torch.equal(final[k], checkpoint[k]) for k in final)

@@ -52,6 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not _is_main_process():  # under torchrun, evaluation and the report run once
         return 0
     evaluate_run(result.run_dir, limit=args.limit)
+    if cfg.eval.progress_rows:
+        from loratune.progress_eval import evaluate_progress
+
+        evaluate_progress(result.run_dir, rows=cfg.eval.progress_rows)
     md, html = write_report(result.run_dir)
     print(f"Report: {md} and {html}")
     return 0

@@ -106,6 +106,9 @@ class TrainSettings:
     fixed so the run (evaluations included) ends within the budget, and the LR schedule is fitted
     to that length so it runs whole. `epochs` / `max_steps` stay upper bounds."""
     save_total_limit: int = 2
+    keep_best: bool = True
+    """End with the checkpoint of lowest eval loss (True) or the last one (False). Use False when the
+    eval-loss rows are the rows the adapter is judged on, so no choice is made on them."""
     group_by_length: bool = True
     """Batch rows of similar length together, so dynamic padding wastes little."""
     pad_to_max_length: bool = False

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import MultipleLocator, PercentFormatter
 
 from loratune.errors import AdapterError
 from loratune.records import read_json, read_json_or_none, read_jsonl, write_json
@@ -216,10 +216,13 @@ def draw_accuracy_vs_time(
     ax.set_xlabel("training minutes")
     ax.set_ylabel(_METRIC_NAMES.get(metric, metric))
     ax.set_xlim(left=0, right=max(x) * 1.05 + 0.1)
-    ax.set_ylim(0, min(1.0, max(y) * 1.25 + 0.05))
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    # at least 0 to 20%, so a one-row difference on a small subset does not fill the plot
+    top = min(1.0, max(0.2, max(y) * 1.25 + 0.05))
+    ax.set_ylim(0, top)
+    ax.yaxis.set_major_locator(MultipleLocator(0.05 if top <= 0.3 else 0.1))
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+    ax.legend(loc="upper left", fontsize=9)  # the curve rises to the right, so this corner is free
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, format="png")

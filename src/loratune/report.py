@@ -219,6 +219,10 @@ def report_blocks(run: RunFiles, images: dict[str, Path]) -> list[Block]:
         blocks += [("table", rouge), ("p", rouge_ci), ("table", others)]
         if "metrics.png" in images:
             blocks.append(("img", images["metrics.png"], "Base vs LoRA metrics"))
+        if "accuracy_vs_time.png" in images:
+            blocks.append(("p", "Execution accuracy of the checkpoints saved along the run (a fixed subset of "
+                                "the held-out rows, scored after training): what more minutes would buy."))
+            blocks.append(("img", images["accuracy_vs_time.png"], "Accuracy against training minutes"))
     else:
         blocks.append(_missing(run, "metrics.json", "the run has not been evaluated yet"))
 
@@ -307,6 +311,9 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     metrics_png = plot_metrics(run.path)
     if metrics_png is not None:
         images[metrics_png.name] = metrics_png
+    progress_png = run.path / "plots" / "accuracy_vs_time.png"  # drawn by progress_eval
+    if progress_png.is_file():
+        images[progress_png.name] = progress_png
     blocks = report_blocks(run, images)
     md_path, html_path = run.path / "report.md", run.path / "report.html"
     md_path.write_text(render_markdown(blocks, run.path), encoding="utf-8")

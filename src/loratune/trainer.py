@@ -66,11 +66,23 @@ class SeededSampling:
         return SeededLengthGroupedSampler(lengths, batch, self.args.data_seed or self.args.seed)
 
 
-class LoratuneTrainer(SeededSampling, Trainer):
-    """transformers' Trainer with seeded length-grouped sampling."""
+class WidthAttention:
+    """Mixed into the causal Trainers: eager attention for short CPU batches, SDPA for long ones
+    (`models.attention_for`: SDPA's CPU backward is slow for short rows; bench/train_levers.py)."""
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        from loratune.models import use_attention_for
+
+        # self.model is the unwrapped model, so this is safe under DistributedDataParallel.
+        use_attention_for(self.model, self.args.device.type, inputs["input_ids"].shape[1])
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
 
-class CompletionLossTrainer(SeededSampling, Trainer):
+class LoratuneTrainer(WidthAttention, SeededSampling, Trainer):
+    """transformers' Trainer with seeded length-grouped sampling and per-batch attention."""
+
+
+class CompletionLossTrainer(WidthAttention, SeededSampling, Trainer):
     """Trainer for causal LMs that projects to the vocabulary only where the loss needs it.
 
     Rows are a prompt (labels -100) followed by the answer, and most tokens are prompt. The
@@ -191,7 +203,7 @@ class TimeBudget(TrainerCallback):
             control.should_evaluate = True
             control.should_save = True
             control.should_training_stop = True
-        elif now - self.started > self.budget_s * 1.1:  # far past the budget: stop, keep the work
+        elif now - self.started > self.budget_s * 1.25:  # far past the budget: stop, keep the work
             self.log("train.max_minutes: over budget; stopping early (the LR schedule is cut)")
             control.should_evaluate = control.should_save = control.should_training_stop = True
 
@@ -260,7 +272,7 @@ def training_arguments(cfg: RunConfig, run_dir: Path, precision: str, device: st
         # multiple of eval_steps, which keeping the best checkpoint needs).
         save_steps=t.save_steps or t.eval_steps,
         save_total_limit=t.save_total_limit,
-        load_best_model_at_end=True,
+        load_best_model_at_end=t.keep_best,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         bf16=precision == "bf16",
