@@ -15,7 +15,10 @@ DEFAULT_TARGETS: dict[str, list[str]] = {
     "t5": ["q", "v", "o"],
     "mt5": ["q", "v", "o"],
     "umt5": ["q", "v", "o"],
+    # Llama-family: every attention and MLP projection, which is peft's "all-linear" (all Linear
+    # layers but the vocabulary projection), named so the saved adapter config lists them.
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gemma3_text": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -131,18 +134,14 @@ def ensure_trainable(model: Any) -> None:
 
 
 def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, all) parameter counts, LoRA weights included in `all` as the original did."""
-    trainable = 0
-    total = 0
-    for param in model.parameters():
-        n = param.numel()
-        # 4-bit weights are packed two per byte; count the logical parameters.
-        if param.__class__.__name__ == "Params4bit":
-            n *= 2
-        total += n
-        if param.requires_grad:
-            trainable += n
-    return trainable, total
+    """(trainable, all) parameter counts, LoRA weights included in `all` as the original did.
+
+    peft's own count for peft models (it counts 4-bit packed weights as their logical size)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def trainable_parameters_line(model: Any) -> str:

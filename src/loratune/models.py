@@ -212,6 +212,7 @@ def detect_kind(config: Any) -> ModelKind:
 
 
 PRECISION_ENV = "LORATUNE_PRECISION"
+CPUINFO = "/proc/cpuinfo"
 
 
 def bf16_supported(device: str | torch.device | None = None) -> bool:
@@ -233,7 +234,7 @@ def bf16_supported(device: str | torch.device | None = None) -> bool:
     if device_type != "cpu":
         return False
     try:
-        with open("/proc/cpuinfo") as handle:
+        with open(CPUINFO) as handle:
             for line in handle:
                 if line.startswith("flags"):
                     flags = set(line.split(":", 1)[1].split())
