@@ -43,13 +43,6 @@ def fake_wheel(tmp_path: Path) -> Path:
     return wheel
 
 
-@pytest.fixture
-def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("LORATUNE_CACHE", str(cache))
-    return cache
-
-
 def _entry(wheel: Path, file_sha256: str, name: str = "fake-model") -> CatalogEntry:
     return CatalogEntry(
         name=name, wheels=(Wheel("fakepkg", "0.1.0", catalog.sha256_file(wheel), gguf_part=GGUF_MEMBER),),

@@ -23,13 +23,6 @@ from loratune.models import (
 from tiny_models import build_tiny_llama
 
 
-@pytest.fixture
-def empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("LORATUNE_CACHE", str(cache))
-    return cache
-
-
 def test_resolve_local_directory(tiny_t5_dir: Path) -> None:
     resolved = resolve_source(str(tiny_t5_dir))
     assert (resolved.kind, resolved.path, resolved.gguf_file) == ("local", str(tiny_t5_dir), None)
