@@ -19,6 +19,7 @@ FLOOR_VENV ?= build/floor-venv
 FLOOR_TESTS := tests/test_train.py tests/test_trainer.py tests/test_evaluate.py tests/test_lora.py \
 	tests/test_models.py tests/test_data.py
 FLOOR_GGUF_TEST := tests/test_catalog.py::test_converted_model_matches_gguf[smollm2-135m-instruct]
+FLOOR_PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(FLOOR_VENV)/bin/python -m pytest -q
 
 .PHONY: install demo test test-fast test-floor bench clean
 
@@ -50,8 +51,8 @@ $(FLOOR_VENV)/.installed: pyproject.toml constraints-floor.txt
 
 test-floor: $(FLOOR_VENV)/.installed
 	$(FLOOR_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^(torch|transformers|peft|accelerate) '
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(FLOOR_VENV)/bin/python -m pytest -q -m "not slow and not browser" $(FLOOR_TESTS)
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(FLOOR_VENV)/bin/python -m pytest -q "$(FLOOR_GGUF_TEST)"
+	quick=0; $(FLOOR_PYTEST) -m "not slow and not browser" $(FLOOR_TESTS) || quick=$$?; \
+	$(FLOOR_PYTEST) "$(FLOOR_GGUF_TEST)" && exit $$quick
 
 bench: install
 	$(BIN)/python bench/train_speed.py

@@ -10,7 +10,7 @@ import yaml
 from loratune.cli import main
 from loratune.config import load_config
 from loratune.data import load_splits, read_rows
-from loratune.errors import AdapterError, ConfigError, DataError
+from loratune.errors import AdapterError, ConfigError, DataError, RunDirError
 from loratune.pipeline import check_pipeline, load_pipeline, run_pipeline
 from loratune.tasks import get_task
 from loratune.tasks.sql import parse_llama2_sql, sql_prompt
@@ -153,7 +153,7 @@ def test_a_run_directory_in_the_way_is_an_error_unless_overwrite(tmp_path):
     (tmp_path / "runs" / "a" / "adapter").mkdir(parents=True)
     (tmp_path / "runs" / "a" / "adapter" / "adapter_config.json").write_text("{}")
     (tmp_path / "runs" / "a" / "config.yaml").write_text("name: something-else\n")
-    with pytest.raises(AdapterError, match=r"stages\[0\]: .*runs/a already holds a run .*--overwrite"):
+    with pytest.raises(RunDirError, match=r"stages\[0\]: .*runs/a already holds a run .*--overwrite"):
         check_pipeline(load_pipeline(path))
     assert check_pipeline(load_pipeline(path), overwrite=True) == ["train"]
 
@@ -176,10 +176,10 @@ def test_what_a_rerun_does_with_each_run_directory(tmp_path):
     (c.run_dir / "config.yaml").write_text("name: c\n")  # a failed start: no adapter, no checkpoint
     assert check_pipeline(load_pipeline(path)) == ["done", "resume", "train"]
     # Another config for stage a: it would retrain, so b's checkpoint is stale and in the way.
-    with pytest.raises(AdapterError, match=r"stages\[0\]"):
+    with pytest.raises(RunDirError, match=r"stages\[0\]"):
         check_pipeline(load_pipeline(path, ["train.lr=0.5"]))
     (a.run_dir / "config.yaml").write_text("name: a\n")
-    with pytest.raises(AdapterError, match=r"stages\[0\]: .*runs/a already holds a run"):
+    with pytest.raises(RunDirError, match=r"stages\[0\]: .*runs/a already holds a run"):
         check_pipeline(load_pipeline(path))
 
 
@@ -294,7 +294,7 @@ def test_tiny_pipeline_end_to_end(tmp_path, tiny_llama_dir, monkeypatch, capsys)
 def test_changed_stage_config_needs_overwrite_then_retrains(tmp_path, tiny_llama_dir):
     path = tiny_pipeline(tmp_path, tiny_llama_dir)
     run_pipeline(path, ["train.max_steps=2"], limit=2, **QUIET)
-    with pytest.raises(AdapterError, match=r"stages\[0\]: .*already holds a run"):
+    with pytest.raises(RunDirError, match=r"stages\[0\]: .*already holds a run"):
         run_pipeline(path, ["train.max_steps=3"], **QUIET)
     result = run_pipeline(path, ["train.max_steps=3"], overwrite=True, limit=2, **QUIET)
     assert result["rows"] == {"sql": 2, "fruit": 2}

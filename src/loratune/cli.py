@@ -64,6 +64,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_pipeline(args: argparse.Namespace) -> int:
     from loratune.pipeline import run_pipeline
 
+    if not _is_main_process():  # the forgetting matrix is evaluated once; stages train on every rank
+        raise LoratuneError("loratune pipeline: run it as one process; each stage's training can use torchrun")
     run_pipeline(args.config, args.overrides, overwrite=args.overwrite, limit=args.limit)
     return 0
 

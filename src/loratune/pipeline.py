@@ -28,7 +28,7 @@ from typing import Any, Callable, Literal
 import yaml
 
 from loratune.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, parse_override, read_yaml
-from loratune.errors import AdapterError, ConfigError, DataError, LoratuneError
+from loratune.errors import AdapterError, ConfigError, DataError, LoratuneError, RunDirError
 
 Log = Callable[[str], None]
 PIPELINE_KEYS = ("name", "output_dir", "stages")
@@ -226,7 +226,7 @@ def check_pipeline(pipeline: Pipeline, *, overwrite: bool = False) -> list[Stage
         if states and states[-1] != "done" and state in ("done", "resume"):
             state = None
         if state is None:
-            raise AdapterError(
+            raise RunDirError(
                 f"{stage.where}: {stage.cfg.run_dir} already holds a run that this pipeline cannot reuse "
                 "(another config, or an earlier stage retrains); rerun with --overwrite, or change "
                 "output_dir (--set output_dir=DIR)"
