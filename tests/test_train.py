@@ -153,7 +153,9 @@ def test_time_budget_fits_the_steps_and_runs_the_schedule_whole(tmp_path, tiny_l
     result = train_run(cfg, log=messages.append)
     steps = result.summary["steps"]
     assert 6 <= steps < 100_000
-    assert any(f"-> {steps} steps" in m for m in messages), [m for m in messages if "max_minutes" in m]
+    budget_lines = [m for m in messages if "max_minutes" in m]
+    assert budget_lines and budget_lines[-1].endswith(f"-> {steps} steps"), budget_lines
+    assert not any("over budget" in m for m in budget_lines)
     assert result.summary["max_minutes"] == 0.25
     lrs = [r["learning_rate"] for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
            if "learning_rate" in r]

@@ -154,11 +154,15 @@ def stretch_schedule(scheduler: Any, total_steps: int, warmup_steps: int) -> boo
 
 class TimeBudget(TrainerCallback):
     """`train.max_minutes`: time the first steps, then fix the number of steps so the run (evaluations
-    included) ends within the budget, and stretch the LR schedule to that length so it runs whole.
+    and checkpoints included) ends within the budget, and stretch the LR schedule to that length so
+    it runs whole.
 
-    The Trainer starts with an upper bound (the epochs or max_steps of the config); after
-    `calibrate_steps` we know seconds per step and per evaluation and set `state.max_steps`, which
-    the Trainer's own flow callback uses to stop, evaluate and save at the end.
+    The Trainer starts with an upper bound (the epochs or max_steps of the config). After
+    `calibrate_steps` we set `state.max_steps` (the Trainer's own flow callback stops, evaluates and
+    saves there) from the pace so far plus one evaluation per `eval_steps`. Evaluations, checkpoints
+    and a machine that slows down are only seen as the run goes, so every tenth of the way the pace
+    since the first step (all of it included) is checked again, and the length shortened when the
+    run would overshoot; the schedule is stretched again each time, so the cosine still ends whole.
     """
 
     def __init__(self, minutes: float, *, warmup_ratio: float, eval_s: float, log: Log, calibrate_steps: int = 6) -> None:
@@ -170,40 +174,52 @@ class TimeBudget(TrainerCallback):
         self.started = time.perf_counter()
         self.after_first: float | None = None
         self.fitted_steps: int | None = None
+        self.checked_at = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started = time.perf_counter()
+
+    def _fit(self, state: Any, steps: int, scheduler: Any) -> bool:
+        self.fitted_steps = state.max_steps = steps
+        warmup = math.ceil(self.warmup_ratio * steps) if self.warmup_ratio < 1 else int(self.warmup_ratio)
+        return stretch_schedule(scheduler, steps, warmup)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         now = time.perf_counter()
         step = state.global_step
         if step == 1:  # the first step pays one-time costs (allocations, kernels); time from its end
             self.after_first = now
+        elapsed = now - self.started
+        left = self.budget_s - elapsed - self.eval_s  # keep one evaluation for the end
+        pace = (now - self.after_first) / (step - 1) if self.after_first is not None and step > 1 else None
         # Fit after `calibrate_steps`, or sooner when steps are slow (5% of the budget spent), so a
         # slow model does not run a large part of its budget on the provisional schedule.
-        calibrated = step >= min(self.calibrate_steps, state.max_steps) or (
-            step >= 2 and now - self.started > 0.05 * self.budget_s)
-        if self.fitted_steps is None and self.after_first is not None and calibrated:
-            per_step = (now - self.after_first) / max(1, step - 1)
+        calibrated = step >= min(self.calibrate_steps, state.max_steps) or (step >= 2 and elapsed > 0.05 * self.budget_s)
+        if self.fitted_steps is None and pace is not None and calibrated:
             eval_every = state.eval_steps if args.eval_strategy == "steps" and state.eval_steps else None
-            eval_per_step = self.eval_s / eval_every if eval_every else 0.0
-            left = self.budget_s - (now - self.started) - self.eval_s  # keep one evaluation for the end
-            fitted = step + int(max(0.0, left) / (per_step + eval_per_step))
-            self.fitted_steps = max(step, min(state.max_steps, fitted))
-            state.max_steps = self.fitted_steps
-            warmup = math.ceil(self.warmup_ratio * self.fitted_steps) if self.warmup_ratio < 1 else int(self.warmup_ratio)
-            stretched = stretch_schedule(kwargs.get("lr_scheduler"), self.fitted_steps, warmup)
+            per_step = pace + (self.eval_s / eval_every if eval_every else 0.0)
+            fitted = max(step, min(state.max_steps, step + int(max(0.0, left) / per_step)))
+            stretched = self._fit(state, fitted, kwargs.get("lr_scheduler"))
+            self.checked_at = step
             self.log(
-                f"train.max_minutes={self.budget_s / 60:g}: {per_step:.2f}s per step -> {self.fitted_steps} steps"
+                f"train.max_minutes={self.budget_s / 60:g}: {pace:.2f}s per step -> {fitted} steps"
                 + ("" if stretched else " (this LR schedule has no length to stretch)")
             )
+        elif self.fitted_steps is not None and pace is not None and step < state.max_steps and (
+                step - self.checked_at >= max(3, self.fitted_steps // 10)):
+            self.checked_at = step
+            if elapsed + (state.max_steps - step) * pace + self.eval_s > self.budget_s * 1.02:
+                fitted = max(step + 1, step + int(max(0.0, left) / pace))
+                if fitted < state.max_steps:
+                    self._fit(state, fitted, kwargs.get("lr_scheduler"))
+                    self.log(f"train.max_minutes: slower than measured ({pace:.2f}s per step) -> {fitted} steps")
         if step >= state.max_steps:
             # Epoch-based evaluation would never run when the budget ends mid-epoch: evaluate and
             # save here so the last steps count for the best checkpoint.
             control.should_evaluate = True
             control.should_save = True
             control.should_training_stop = True
-        elif now - self.started > self.budget_s * 1.25:  # far past the budget: stop, keep the work
+        elif elapsed > self.budget_s * 1.25:  # far past the budget: stop, keep the work
             self.log("train.max_minutes: over budget; stopping early (the LR schedule is cut)")
             control.should_evaluate = control.should_save = control.should_training_stop = True
 
