@@ -72,14 +72,14 @@ def make_adapter(base: str, run_dir: Path, task: str, seed: int) -> Path:
     torch.manual_seed(seed)
     model = get_peft_model(loaded.model, LoraConfig(
         r=8, lora_alpha=16, target_modules=default_target_modules(loaded.model), init_lora_weights=False,
-        task_type=TaskType.CAUSAL_LM if loaded.kind == "causal" else TaskType.SEQ_2_SEQ_LM))
+        task_type=TaskType.CAUSAL_LM if loaded.model_type == "causal" else TaskType.SEQ_2_SEQ_LM))
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
                 param.mul_(0.02)
     adapter_dir = run_dir / "adapter"
     model.save_pretrained(str(adapter_dir))
-    meta = {"name": run_dir.name, "task": task, "base_model": base, "base_path": loaded.path, "kind": loaded.kind,
+    meta = {"name": run_dir.name, "task": task, "base_model": base, "base_path": loaded.path, "model_type": loaded.model_type,
             "use_chat_template": None, "system_prompt": None, "max_source_tokens": 512, "max_target_tokens": 256}
     (adapter_dir / "loratune.json").write_text(json.dumps(meta), encoding="utf-8")
     return run_dir
@@ -103,14 +103,14 @@ def sequential_baseline(registry, requests: list[tuple[str, str]], max_tokens: i
     latencies, tokens, answers = [], 0, []
     started = time.perf_counter()
     for name, message in requests:
-        built = build_chat_prompt(registry.profile(name), registry.tokenizer, registry.kind,
+        built = build_chat_prompt(registry.profile(name), registry.tokenizer, registry.model_type,
                                   [{"role": "user", "content": message}])
         job = Job(name, built.ids, max_tokens=max_tokens, strip=True)
         t0 = time.perf_counter()
         registry.run_jobs([job])
         latencies.append(time.perf_counter() - t0)
         tokens += job.completion_tokens
-        answers.append(clean_output(job.text, built.task_kind))
+        answers.append(clean_output(job.text, built.task_family))
     return latencies, tokens, time.perf_counter() - started, answers
 
 
@@ -138,14 +138,14 @@ def compare_single_request(base: str, adapters: dict[str, Path], registry, reque
     kwargs = generation_kwargs(GenerationSettings(max_new_tokens=max_tokens), loaded.tokenizer)
     totals = {"before": [0, 0.0], "now": [0, 0.0]}
     for name, message in requests:
-        built = build_chat_prompt(registry.profile(name), registry.tokenizer, registry.kind,
+        built = build_chat_prompt(registry.profile(name), registry.tokenizer, registry.model_type,
                                   [{"role": "user", "content": message}])
         model.set_adapter(name)
-        inputs = encode_batch(loaded.tokenizer, loaded.kind, [built.ids])
+        inputs = encode_batch(loaded.tokenizer, loaded.model_type, [built.ids])
         t0 = time.perf_counter()
         with torch.inference_mode(), autocast_context(model):
             out = model.generate(**inputs, **kwargs)
-        ids = out[0, inputs["input_ids"].shape[1]:].tolist() if loaded.kind == "causal" else out[0, 1:].tolist()
+        ids = out[0, inputs["input_ids"].shape[1]:].tolist() if loaded.model_type == "causal" else out[0, 1:].tolist()
         if loaded.tokenizer.eos_token_id in ids:
             ids = ids[: ids.index(loaded.tokenizer.eos_token_id) + 1]
         totals["before"][0] += len(ids)
@@ -245,7 +245,7 @@ def main() -> None:
         requests = workload(args.requests)
         device = next(registry.model.parameters()).device
         precision = "bf16 Linear weights under bf16 autocast" if registry.bf16 else "fp32"
-        print(f"model {base} ({registry.kind}, {device}, {precision}, torch threads {torch.get_num_threads()}); "
+        print(f"model {base} ({registry.model_type}, {device}, {precision}, torch threads {torch.get_num_threads()}); "
               f"{args.requests} requests per row, greedy, max_tokens {args.max_tokens}, two adapters\n", flush=True)
 
         # Single-request decoding before and after, on the same requests, in this process.

@@ -137,7 +137,7 @@ def bench_features(cfg: RunConfig) -> list[dict]:
     loaded = load_model(cfg.model)
     task = get_task(cfg.task)
     train_rows, _ = load_splits(cfg.data, task, cfg.train.seed)
-    features, _ = tokenize_rows(train_rows, task, loaded.tokenizer, loaded.kind, cfg.data)
+    features, _ = tokenize_rows(train_rows, task, loaded.tokenizer, loaded.model_type, cfg.data)
     return features
 
 

@@ -68,7 +68,7 @@ def make_adapter_run(base_dir: Path, run_dir: Path, *, task: str | None, seed: i
     from peft import LoraConfig, TaskType, get_peft_model
 
     loaded = load_model(str(base_dir))
-    causal = loaded.kind == "causal"
+    causal = loaded.model_type == "causal"
     torch.manual_seed(seed)
     model = get_peft_model(loaded.model, LoraConfig(
         r=4, lora_alpha=lora_alpha, target_modules=["q_proj", "v_proj"] if causal else ["q", "v"],
@@ -79,7 +79,7 @@ def make_adapter_run(base_dir: Path, run_dir: Path, *, task: str | None, seed: i
     loaded.tokenizer.save_pretrained(str(adapter_dir))
     meta = {
         "name": run_dir.name, "task": task, "base_model": str(base_dir), "base_path": str(base_dir),
-        "kind": loaded.kind, "use_chat_template": None, "system_prompt": None,
+        "model_type": loaded.model_type, "use_chat_template": None, "system_prompt": None,
         "max_source_tokens": max_source_tokens, "max_target_tokens": 64, "init_adapter": None,
     }
     (adapter_dir / "loratune.json").write_text(json.dumps(meta), encoding="utf-8")
@@ -87,14 +87,14 @@ def make_adapter_run(base_dir: Path, run_dir: Path, *, task: str | None, seed: i
 
 
 def offline_answers(base_dir: Path, run_dir: Path | None, prompts: list[str], max_new_tokens: int,
-                    task_kind: str = "text") -> list[str]:
+                    task_family: str = "text") -> list[str]:
     """Greedy answers from a freshly loaded base (+ one adapter), one prompt at a time."""
     from peft import PeftModel
 
     loaded = load_model(str(base_dir))
     model = loaded.model if run_dir is None else PeftModel.from_pretrained(loaded.model, str(run_dir / "adapter"))
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
-    return generate_texts(model, loaded.tokenizer, loaded.kind, prompts, settings, batch_size=1, task_kind=task_kind)
+    return generate_texts(model, loaded.tokenizer, loaded.model_type, prompts, settings, batch_size=1, task_family=task_family)
 
 
 def training_prompt(base_dir: Path, task_name: str, message: str, max_source_tokens: int = 512) -> str:
@@ -102,7 +102,7 @@ def training_prompt(base_dir: Path, task_name: str, message: str, max_source_tok
     task = get_task(task_name)
     loaded = load_model(str(base_dir))
     cfg = DataSettings(max_source_tokens=max_source_tokens)
-    return eval_prompts([task.row_from_message(message)], task, loaded.tokenizer, loaded.kind, cfg)[0]
+    return eval_prompts([task.row_from_message(message)], task, loaded.tokenizer, loaded.model_type, cfg)[0]
 
 
 def client_for(url: str, key: str = "unused") -> openai.OpenAI:
@@ -114,7 +114,7 @@ def sequential_logits(registry: Any, name: str, prompt: list[int], answer: list[
     the registry's model in its serving precision: row i scores the choice of `answer[i]`, and one
     more row scores what follows the answer."""
     with registry.lock, registry.forward_for([name]) as (model, extra):
-        if registry.kind == "causal":
+        if registry.model_type == "causal":
             logits = model(input_ids=torch.tensor([prompt + answer]), **extra).logits[0].float()
             return logits[len(prompt) - 1 : len(prompt) + len(answer)]
         decoder = [model.config.decoder_start_token_id, *answer]

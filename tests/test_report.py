@@ -57,7 +57,7 @@ def make_run(root: Path, name: str, *, sql: bool = False, evaluated: bool = True
                         "grad_accum": 1, "seed": 42}}
     (run / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in training_log()), encoding="utf-8")
-    summary = {"model": "flan-t5-large", "task": config["task"], "kind": "seq2seq", "trainable_line": TRAINABLE,
+    summary = {"model": "flan-t5-large", "task": config["task"], "model_type": "seq2seq", "trainable_line": TRAINABLE,
                "memory_line": MEMORY, "train_rows": 1800, "eval_rows": 200, "wall_time_s": 3725.0,
                "tokens_per_s": 1534.2, "train_tokens": 5_712_000, "eval_loss_start": 2.6, "eval_loss_end": 0.83,
                "init_adapter": None, "precision": "bf16"}

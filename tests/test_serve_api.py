@@ -49,7 +49,7 @@ def test_models_list(llama):
     models = llama.client.models.list().data
     assert [m.id for m in models] == ["base", "sql", "fin"]
     cards = {m.id: m for m in models}
-    assert cards["sql"].task == "sql-create-context" and cards["sql"].task_kind == "sql"
+    assert cards["sql"].task == "sql-create-context" and cards["sql"].task_family == "sql"
     assert cards["fin"].task == "finance-alpaca" and cards["fin"].multi_turn is False
     assert cards["base"].multi_turn is True  # the tiny Llama has a chat template
 

@@ -36,7 +36,7 @@ def feed(job: Job, tokenizer, text: str, *, eos: bool = True) -> list[JobEvent]:
 
 
 def deltas(events: list[JobEvent]) -> list[str]:
-    return [e.text for e in events if e.kind == "delta"]
+    return [e.text for e in events if e.type == "delta"]
 
 
 def test_stream_pieces_join_to_the_stripped_answer(llama_tokenizer):
@@ -46,7 +46,7 @@ def test_stream_pieces_join_to_the_stripped_answer(llama_tokenizer):
     pieces = deltas(events)
     assert "".join(pieces) == text.strip() == job.text
     assert len(pieces) > 5 and not any("\ufffd" in p for p in pieces)  # half characters are held back
-    assert events[-1].kind == "done" and events[-1].finish_reason == "stop"
+    assert events[-1].type == "done" and events[-1].finish_reason == "stop"
     assert job.completion_tokens == len(llama_tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
 
 
@@ -77,7 +77,7 @@ def adapters(tiny_llama_dir: Path, tiny_t5_dir: Path, tmp_path_factory: pytest.T
 
 
 def _jobs(registry, rows: list[tuple[str, str, int]]) -> list[Job]:
-    return [Job(name, prompt_ids(registry.tokenizer, registry.kind, prompt), max_tokens=n)
+    return [Job(name, prompt_ids(registry.tokenizer, registry.model_type, prompt), max_tokens=n)
             for name, prompt, n in rows]
 
 

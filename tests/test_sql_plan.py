@@ -18,8 +18,8 @@ def plan_for(gold: str, *others: str, context: str = CONTEXT):
     return plan_database(schema, facts[0], facts[1:])
 
 
-def kind(plan, table: str, column: str) -> str:
-    return plan.domains[plan.domain_of[(table, column)]].kind
+def affinity(plan, table: str, column: str) -> str:
+    return plan.domains[plan.domain_of[(table, column)]].affinity
 
 
 def test_kinds_come_from_gold_usage_then_declared_type_then_name_then_prediction() -> None:
@@ -27,14 +27,14 @@ def test_kinds_come_from_gold_usage_then_declared_type_then_name_then_prediction
         "SELECT name FROM stadium WHERE notes > 3 AND opened = 'soon' AND name LIKE '%a%'",
         "SELECT name FROM stadium WHERE theme = 'x' AND name > 4",
     )
-    assert kind(plan, "stadium", "notes") == "int"  # the gold compares it with a number
-    assert kind(plan, "stadium", "opened") == "text"  # declared INTEGER, but the gold compares it with a string
-    assert kind(plan, "stadium", "capacity") == "int"  # declared VARCHAR, named like a number
-    assert kind(plan, "concert", "year") == "int"
-    assert kind(plan, "stadium", "name") == "text"  # the prediction's `name > 4` does not override the gold
-    assert kind(plan, "concert", "theme") == "text"
+    assert affinity(plan, "stadium", "notes") == "int"  # the gold compares it with a number
+    assert affinity(plan, "stadium", "opened") == "text"  # declared INTEGER, but the gold compares it with a string
+    assert affinity(plan, "stadium", "capacity") == "int"  # declared VARCHAR, named like a number
+    assert affinity(plan, "concert", "year") == "int"
+    assert affinity(plan, "stadium", "name") == "text"  # the prediction's `name > 4` does not override the gold
+    assert affinity(plan, "concert", "theme") == "text"
     plan = plan_for("SELECT name FROM stadium", "SELECT name FROM stadium WHERE notes >= 2.5")
-    assert kind(plan, "stadium", "notes") == "real"  # only the prediction says anything about it
+    assert affinity(plan, "stadium", "notes") == "real"  # only the prediction says anything about it
     ddl = " ".join(plan.ddl())
     assert '"notes" REAL' in ddl and '"capacity" INTEGER' in ddl and '"name" TEXT' in ddl
 
@@ -62,7 +62,7 @@ def test_constants_of_every_query_reach_the_domain_but_witnesses_only_from_the_g
 
 def test_numeric_strings_count_as_numbers() -> None:
     plan = plan_for("SELECT name FROM concert AS c JOIN stadium AS s ON c.stadium_id = s.stadium_id WHERE c.year = '2014'")
-    assert kind(plan, "concert", "year") == "int"
+    assert affinity(plan, "concert", "year") == "int"
     assert plan.domains[plan.domain_of[("concert", "year")]].numbers == {2014}
 
 
@@ -71,4 +71,4 @@ def test_numbers_no_row_can_hold_are_not_planned() -> None:
                     "SELECT name FROM stadium WHERE capacity = '123456789012345678901234567890' AND notes = 'inf'")
     numbers = {n for d in plan.domains for n in d.numbers}
     assert numbers == {5000, 1.2345678901234568e29}
-    assert [d.kind for d in plan.domains if d.name in ("notes", "name")] == ["text", "text"]
+    assert [d.affinity for d in plan.domains if d.name in ("notes", "name")] == ["text", "text"]

@@ -108,7 +108,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     loaded = load_model(cfg.model)
     report = {}
     for split, rows in (("train", train_rows), ("eval", eval_rows)):
-        _, stats = tokenize_rows(rows, task, loaded.tokenizer, loaded.kind, cfg.data)
+        _, stats = tokenize_rows(rows, task, loaded.tokenizer, loaded.model_type, cfg.data)
         report[split] = stats.as_dict()
     print(f"Training data shape: ({report['train']['rows'] - report['train']['dropped']}, 2)")
     print(f"Test data shape: ({report['eval']['rows'] - report['eval']['dropped']}, 2)")

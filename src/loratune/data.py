@@ -179,10 +179,10 @@ def render_prompt(tokenizer: Any, prompt: Prompt, *, use_chat_template: bool, sy
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt) + "\nassistant: "
 
 
-def wants_chat_template(tokenizer: Any, kind: str, setting: bool | None) -> bool:
+def wants_chat_template(tokenizer: Any, model_type: str, setting: bool | None) -> bool:
     if setting is not None:
         return setting
-    return kind == "causal" and bool(getattr(tokenizer, "chat_template", None))
+    return model_type == "causal" and bool(getattr(tokenizer, "chat_template", None))
 
 
 @dataclass
@@ -246,13 +246,13 @@ def encode_prompt(tokenizer: Any, prompt_text: str) -> list[int]:
 
 
 def encode_example(
-    tokenizer: Any, kind: str, prompt_text: str, target: str, max_target_tokens: int
+    tokenizer: Any, model_type: str, prompt_text: str, target: str, max_target_tokens: int
 ) -> tuple[dict[str, list[int]], bool]:
     """Token ids for one (rendered prompt, target) pair; returns (features, target_truncated)."""
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
     cut = len(target_ids) > max_target_tokens
     target_ids = target_ids[:max_target_tokens] + [tokenizer.eos_token_id]
-    if kind == "seq2seq":
+    if model_type == "seq2seq":
         source_ids = tokenizer(prompt_text)["input_ids"]
         return {"input_ids": source_ids, "attention_mask": [1] * len(source_ids), "labels": target_ids}, cut
     prompt_ids = encode_prompt(tokenizer, prompt_text)
@@ -265,11 +265,11 @@ def tokenize_rows(
     rows: list[dict[str, Any]],
     task: Task,
     tokenizer: Any,
-    kind: str,
+    model_type: str,
     cfg: DataSettings,
 ) -> tuple[list[dict[str, list[int]]], LengthStats]:
     """Render, measure, truncate or drop, and tokenize rows. Returns features and length stats."""
-    use_template = wants_chat_template(tokenizer, kind, cfg.use_chat_template)
+    use_template = wants_chat_template(tokenizer, model_type, cfg.use_chat_template)
     stats = LengthStats(rows=len(rows))
     prepared = []
     for row in rows:
@@ -293,15 +293,15 @@ def tokenize_rows(
             continue
         prompt, cut_source = cut_prompt(tokenizer, prompt, cfg.max_source_tokens)
         text = render_prompt(tokenizer, prompt, use_chat_template=use_template, system_prompt=cfg.system_prompt)
-        example, cut_target = encode_example(tokenizer, kind, text, target, cfg.max_target_tokens)
+        example, cut_target = encode_example(tokenizer, model_type, text, target, cfg.max_target_tokens)
         stats.truncated += int(cut_source or cut_target)
         features.append(example)
     return features, stats
 
 
-def eval_prompts(rows: list[dict[str, Any]], task: Task, tokenizer: Any, kind: str, cfg: DataSettings) -> list[str]:
+def eval_prompts(rows: list[dict[str, Any]], task: Task, tokenizer: Any, model_type: str, cfg: DataSettings) -> list[str]:
     """Rendered prompts for generation: the same text training put before the answer."""
-    use_template = wants_chat_template(tokenizer, kind, cfg.use_chat_template)
+    use_template = wants_chat_template(tokenizer, model_type, cfg.use_chat_template)
     prompts = []
     for row in rows:
         prompt, _ = cut_prompt(tokenizer, task.prompt(row), cfg.max_source_tokens)

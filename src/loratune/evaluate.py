@@ -46,7 +46,7 @@ def score_side(
     from loratune.metrics import text_metrics
 
     aggregate, per_example = text_metrics(predictions, references)
-    if task.kind == "sql" and task.build_schema is not None:
+    if task.family == "sql" and task.build_schema is not None:
         from loratune.sql import judge_sql
 
         judgement = judge_sql(
@@ -162,7 +162,7 @@ def evaluate_run(
     limit = limit or cfg.eval.limit
     rows = rows[:limit] if limit else rows
     info = inspect_model(cfg.model)
-    prompts = eval_prompts(rows, task, info.tokenizer, info.kind, cfg.data)
+    prompts = eval_prompts(rows, task, info.tokenizer, info.model_type, cfg.data)
     references = [task.target(row) for row in rows]
     out = Path(output_dir) if output_dir else run_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -212,8 +212,8 @@ def _generate_both(cfg: RunConfig, info: Any, adapter_dir: Path, prompts: list[s
     batch = cfg.eval.batch_size
 
     def generator(model: Any) -> Callable[[list[str]], list[str]]:
-        return lambda chunk: generate_texts(model, loaded.tokenizer, loaded.kind, chunk, cfg.eval.generation,
-                                            batch_size=batch, task_kind=task.kind)
+        return lambda chunk: generate_texts(model, loaded.tokenizer, loaded.model_type, chunk, cfg.eval.generation,
+                                            batch_size=batch, task_family=task.family)
 
     base = generate_side(jobs["base"], prompts, generator(loaded.model), batch, log)
     # The adapter is folded into the weights for generation: the same function as the unmerged

@@ -40,10 +40,10 @@ class EvalSet:
 
     @property
     def metric(self) -> str:
-        return "execution_accuracy" if self.task.kind == "sql" and self.task.build_schema else "rougeL"
+        return "execution_accuracy" if self.task.family == "sql" and self.task.build_schema else "rougeL"
 
 
-def build_eval_sets(stages: list[RunConfig], tokenizer: Any, kind: str, limit: int | None) -> list[EvalSet]:
+def build_eval_sets(stages: list[RunConfig], tokenizer: Any, model_type: str, limit: int | None) -> list[EvalSet]:
     """Each stage's eval rows exactly as its own evaluation would pick them (same split, same seed)."""
     from loratune.data import eval_prompts, load_splits
 
@@ -53,7 +53,7 @@ def build_eval_sets(stages: list[RunConfig], tokenizer: Any, kind: str, limit: i
         _, rows = load_splits(cfg.data, task, cfg.train.seed)
         n = limit or cfg.eval.limit
         rows = rows[:n] if n else rows
-        prompts = eval_prompts(rows, task, tokenizer, kind, cfg.data)
+        prompts = eval_prompts(rows, task, tokenizer, model_type, cfg.data)
         sets.append(EvalSet(cfg.name, cfg, task, rows, prompts, [task.target(r) for r in rows]))
     return sets
 
@@ -74,7 +74,7 @@ def cell_key(adapter_id: str, eval_set: EvalSet) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def generate_cell(model: Any, tokenizer: Any, kind: str, eval_set: EvalSet, path: Path, key: str) -> list[str]:
+def generate_cell(model: Any, tokenizer: Any, model_type: str, eval_set: EvalSet, path: Path, key: str) -> list[str]:
     """Predictions for one (adapter, eval set) cell, reusing and appending to `path` batch by batch."""
     from loratune.generate import generate_texts
     from loratune.records import append_jsonl, read_jsonl, write_text
@@ -97,8 +97,8 @@ def generate_cell(model: Any, tokenizer: Any, kind: str, eval_set: EvalSet, path
     size = eval_set.cfg.eval.batch_size
     for start in range(0, len(todo), size):
         batch = todo[start : start + size]
-        texts = generate_texts(model, tokenizer, kind, [eval_set.prompts[i] for i in batch],
-                               eval_set.cfg.eval.generation, batch_size=size, task_kind=eval_set.task.kind)
+        texts = generate_texts(model, tokenizer, model_type, [eval_set.prompts[i] for i in batch],
+                               eval_set.cfg.eval.generation, batch_size=size, task_family=eval_set.task.family)
         append_jsonl(path, [
             {"key": key, "i": i, "prompt": eval_set.prompts[i], "reference": eval_set.references[i], "prediction": t}
             for i, t in zip(batch, texts)
@@ -118,7 +118,7 @@ def write_forgetting(folder: Path, stages: list[RunConfig], *, limit: int | None
     from loratune.records import write_json, write_text
 
     loaded = load_model(stages[0].model)
-    eval_sets = build_eval_sets(stages, loaded.tokenizer, loaded.kind, limit)
+    eval_sets = build_eval_sets(stages, loaded.tokenizer, loaded.model_type, limit)
     adapter_dirs = [resolve_adapter_dir(cfg.run_dir) for cfg in stages]
     # peft adapter names become module keys, which may not contain dots; stage names may.
     model = PeftModel.from_pretrained(loaded.model, str(adapter_dirs[0]), adapter_name="stage0")
@@ -141,10 +141,10 @@ def write_forgetting(folder: Path, stages: list[RunConfig], *, limit: int | None
             key = cell_key(identities[a], eval_set)
             if adapter == BASE:
                 with model.disable_adapter():
-                    predictions = generate_cell(model, loaded.tokenizer, loaded.kind, eval_set, path, key)
+                    predictions = generate_cell(model, loaded.tokenizer, loaded.model_type, eval_set, path, key)
             else:
                 model.set_adapter(f"stage{a - 1}")
-                predictions = generate_cell(model, loaded.tokenizer, loaded.kind, eval_set, path, key)
+                predictions = generate_cell(model, loaded.tokenizer, loaded.model_type, eval_set, path, key)
             aggregate, each = score_side(predictions, eval_set.references, eval_set.rows, eval_set.task, eval_set.cfg)
             scores[-1].append(float(aggregate[eval_set.metric]))
             per_row[-1].append(list(each[eval_set.metric]))

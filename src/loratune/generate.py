@@ -125,13 +125,13 @@ def generation_precision(model: Any) -> Iterator[None]:
         restore_weights(replaced)
 
 
-def prompt_ids(tokenizer: Any, kind: str, text: str) -> list[int]:
+def prompt_ids(tokenizer: Any, model_type: str, text: str) -> list[int]:
     """A rendered prompt's token ids exactly as training saw them (causal: `data.encode_prompt`)."""
-    return encode_prompt(tokenizer, text) if kind == "causal" else tokenizer(text)["input_ids"]
+    return encode_prompt(tokenizer, text) if model_type == "causal" else tokenizer(text)["input_ids"]
 
 
 def encode_batch(
-    tokenizer: Any, kind: str, prompts: Sequence[str | list[int]], device: torch.device | str = "cpu"
+    tokenizer: Any, model_type: str, prompts: Sequence[str | list[int]], device: torch.device | str = "cpu"
 ) -> dict[str, torch.Tensor]:
     """Encode and pad prompts (rendered text, or ids from `prompt_ids`) into one batch.
 
@@ -139,34 +139,34 @@ def encode_batch(
     served answer is the answer evaluation scored. Causal models continue from the last position,
     so they are padded on the left; seq2seq encoder inputs on the right.
     """
-    ids = [prompt_ids(tokenizer, kind, p) if isinstance(p, str) else list(p) for p in prompts]
+    ids = [prompt_ids(tokenizer, model_type, p) if isinstance(p, str) else list(p) for p in prompts]
     width = max(len(x) for x in ids)
     pad = tokenizer.pad_token_id
     rows, masks = [], []
     for x in ids:
         fill, ones, zeros = [pad] * (width - len(x)), [1] * len(x), [0] * (width - len(x))
-        rows.append(fill + x if kind == "causal" else x + fill)
-        masks.append(zeros + ones if kind == "causal" else ones + zeros)
+        rows.append(fill + x if model_type == "causal" else x + fill)
+        masks.append(zeros + ones if model_type == "causal" else ones + zeros)
     return {
         "input_ids": torch.tensor(rows, dtype=torch.long, device=device),
         "attention_mask": torch.tensor(masks, dtype=torch.long, device=device),
     }
 
 
-def clean_output(text: str, task_kind: str) -> str:
-    return extract_sql(text) if task_kind == "sql" else text.strip()
+def clean_output(text: str, task_family: str) -> str:
+    return extract_sql(text) if task_family == "sql" else text.strip()
 
 
 @torch.inference_mode()
 def generate_texts(
     model: Any,
     tokenizer: Any,
-    kind: str,
+    model_type: str,
     prompts: list[str],
     settings: GenerationSettings,
     *,
     batch_size: int = 16,
-    task_kind: str = "text",
+    task_family: str = "text",
     progress: str | None = None,
 ) -> list[str]:
     """Generate one answer per rendered prompt, in the prompts' order."""
@@ -177,17 +177,17 @@ def generate_texts(
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     outputs: list[str] = [""] * len(prompts)
     kwargs = generation_kwargs(settings, tokenizer)
-    if task_kind == "sql":
+    if task_family == "sql":
         # Only the first statement is judged, so stop there: chat models otherwise keep explaining
         # their query for the rest of max_new_tokens, which is most of the evaluation time.
         kwargs.update(stop_strings=[";"], tokenizer=tokenizer)
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     with generation_precision(model):
         for batch in tqdm(batches, desc=progress, disable=progress is None, unit="batch"):
-            inputs = encode_batch(tokenizer, kind, [prompts[i] for i in batch], device)
+            inputs = encode_batch(tokenizer, model_type, [prompts[i] for i in batch], device)
             generated = model.generate(**inputs, **kwargs)
-            if kind == "causal":
+            if model_type == "causal":
                 generated = generated[:, inputs["input_ids"].shape[1]:]
             for index, row in zip(batch, generated):
-                outputs[index] = clean_output(tokenizer.decode(row, skip_special_tokens=True), task_kind)
+                outputs[index] = clean_output(tokenizer.decode(row, skip_special_tokens=True), task_family)
     return outputs

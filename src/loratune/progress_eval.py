@@ -123,7 +123,7 @@ def evaluate_progress(
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
     task = get_task(cfg.task)
-    if task.kind != "sql":
+    if task.family != "sql":
         raise AdapterError(f"{run_dir}: accuracy against time needs a SQL task; this run's task is {cfg.task}")
     checkpoints = list_checkpoints(run_dir)
     summary = read_json_or_none(run_dir / "run_summary.json") or {}
@@ -142,12 +142,12 @@ def evaluate_progress(
     _, eval_rows = load_splits(cfg.data, task, cfg.train.seed)
     eval_rows = eval_rows[:rows]
     loaded = load_model(cfg.model)
-    prompts = eval_prompts(eval_rows, task, loaded.tokenizer, loaded.kind, cfg.data)
+    prompts = eval_prompts(eval_rows, task, loaded.tokenizer, loaded.model_type, cfg.data)
     references = [task.target(row) for row in eval_rows]
 
     def score(model: Any, label: str) -> dict[str, Any]:
-        texts = generate_texts(model, loaded.tokenizer, loaded.kind, prompts, cfg.eval.generation,
-                               batch_size=cfg.eval.batch_size, task_kind=task.kind)
+        texts = generate_texts(model, loaded.tokenizer, loaded.model_type, prompts, cfg.eval.generation,
+                               batch_size=cfg.eval.batch_size, task_family=task.family)
         scores, _ = score_side(texts, references, eval_rows, task, cfg)
         accuracy, metric = headline_accuracy(scores)
         log(f"{label}: {metric} {accuracy:.3f} on {len(eval_rows)} rows")

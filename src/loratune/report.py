@@ -189,8 +189,8 @@ def report_blocks(run: RunFiles, images: dict[str, Path]) -> list[Block]:
     model = summary.get("model") or metrics.get("model") or config.get("model") or "unknown"
     task = summary.get("task") or metrics.get("task") or config.get("task") or "unknown"
     model_type = summary.get("model_type") or summary.get("kind")  # `kind` in runs before 0.2
-    kind = f" ({model_type})" if model_type else ""
-    blocks: list[Block] = [("h1", f"LoRA run report: {run.name}"), ("p", f"Model: {model}{kind}. Task: {task}.")]
+    shown_type = f" ({model_type})" if model_type else ""
+    blocks: list[Block] = [("h1", f"LoRA run report: {run.name}"), ("p", f"Model: {model}{shown_type}. Task: {task}.")]
     if config:
         blocks.append(("p", "Settings: " + _settings_line(config)))
 
@@ -238,16 +238,16 @@ def render_markdown(blocks: list[Block], run_dir: Path) -> str:
     """Markdown with images linked relative to the run directory (report.md sits there)."""
     out = []
     for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2"):
-            out.append(("#" if kind == "h1" else "##") + " " + html.escape(block[1], quote=False))
-        elif kind == "p":
+        tag = block[0]
+        if tag in ("h1", "h2"):
+            out.append(("#" if tag == "h1" else "##") + " " + html.escape(block[1], quote=False))
+        elif tag == "p":
             out.append(html.escape(block[1], quote=False))
-        elif kind == "list":
+        elif tag == "list":
             out.append("\n".join("- " + html.escape(item, quote=False) for item in block[1]))
-        elif kind in ("table", "samples"):
+        elif tag in ("table", "samples"):
             out.append(_md_table(*block[1]))
-        elif kind == "img":
+        elif tag == "img":
             out.append(f"![{block[2]}]({block[1].relative_to(run_dir).as_posix()})")
     return "\n\n".join(out) + "\n"
 
@@ -283,14 +283,14 @@ def render_html(blocks: list[Block], title: str) -> str:
     """One HTML file with inline CSS and images as base64 data URIs; every text is escaped."""
     out = []
     for block in blocks:
-        kind = block[0]
-        if kind in ("h1", "h2", "p"):
-            out.append(f"<{kind}>{html.escape(block[1])}</{kind}>")
-        elif kind == "list":
+        tag = block[0]
+        if tag in ("h1", "h2", "p"):
+            out.append(f"<{tag}>{html.escape(block[1])}</{tag}>")
+        elif tag == "list":
             out.append("<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in block[1]) + "</ul>")
-        elif kind in ("table", "samples"):
-            out.append(_html_table(block[1], "samples" if kind == "samples" else ""))
-        elif kind == "img":
+        elif tag in ("table", "samples"):
+            out.append(_html_table(block[1], "samples" if tag == "samples" else ""))
+        elif tag == "img":
             data = base64.b64encode(block[1].read_bytes()).decode("ascii")
             out.append(f'<img alt="{html.escape(block[2])}" src="data:image/png;base64,{data}">')
     return (

@@ -77,9 +77,9 @@ def check_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) 
     train_rows, eval_rows = load_splits(cfg.data, task, cfg.train.seed)
     model = inspect_model(cfg.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    precision = resolve_precision(cfg, model.kind, device)
-    train_features, train_stats = tokenize_rows(train_rows, task, model.tokenizer, model.kind, cfg.data)
-    eval_features, eval_stats = tokenize_rows(eval_rows, task, model.tokenizer, model.kind, cfg.data)
+    precision = resolve_precision(cfg, model.model_type, device)
+    train_features, train_stats = tokenize_rows(train_rows, task, model.tokenizer, model.model_type, cfg.data)
+    eval_features, eval_stats = tokenize_rows(eval_rows, task, model.tokenizer, model.model_type, cfg.data)
     if not train_features:
         raise ConfigError(f"{cfg.data.train}: every training row was dropped by the length limits (data.*)")
     if not eval_features:
@@ -106,7 +106,7 @@ def load_lora_model(plan: RunPlan, log: Log) -> tuple[Any, dict[str, str]]:
     cfg = plan.cfg
     loaded = load_model(cfg.model, dtype=weights_dtype_for(cfg.train.weights_dtype),
                         load_in_4bit=cfg.train.load_in_4bit, info=plan.model)
-    model = apply_lora(loaded.model, plan.model.kind, cfg.lora)
+    model = apply_lora(loaded.model, plan.model.model_type, cfg.lora)
     # Under bf16 autocast: frozen projections stored in bf16 once (autocast would re-cast them at
     # every step), adapters and optimizer state fp32 (bench/train_levers.py: 1.09x). Else a no-op.
     prepare_for_precision(model, plan.precision)
@@ -132,7 +132,7 @@ def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
     from loratune.trainer import CompletionLossTrainer, LoratuneTrainer, MetricsLogger, SeededSampling
 
     cfg, tokenizer = plan.cfg, plan.model.tokenizer
-    causal = plan.model.kind == "causal"
+    causal = plan.model.model_type == "causal"
     pad_length = cfg.data.max_source_tokens + cfg.data.max_target_tokens + 64 if causal else cfg.data.max_source_tokens
     collator = DataCollatorForSeq2Seq(
         tokenizer,
@@ -208,7 +208,7 @@ def save_adapter(plan: RunPlan, model: Any, run_dir: Path) -> Path:
         "task": cfg.task,
         "base_model": cfg.model,
         "base_path": plan.model.resolved.path,
-        "kind": plan.model.kind,
+        "model_type": plan.model.model_type,
         "use_chat_template": cfg.data.use_chat_template,
         "system_prompt": cfg.data.system_prompt,
         "max_source_tokens": cfg.data.max_source_tokens,
@@ -233,7 +233,7 @@ def summarize(plan: RunPlan, trainer: Any, fitted: dict[str, Any], lines: dict[s
     return {
         "model": cfg.model,
         "task": cfg.task,
-        "model_type": plan.model.kind,
+        "model_type": plan.model.model_type,
         **lines,
         "train_rows": len(plan.train_features),
         "eval_rows": plan.eval_rows,
@@ -291,7 +291,7 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
                 log(f"eval loss on the first {len(plan.eval_features)} held-out rows (train.eval_loss_rows)")
         set_seed(cfg.train.seed)
         model, lines = load_lora_model(plan, log)
-        args = training_arguments(cfg, run_dir, plan.precision, plan.device, plan.model.kind)
+        args = training_arguments(cfg, run_dir, plan.precision, plan.device, plan.model.model_type)
         if resume and cfg.train.max_minutes and fitted_steps:
             args.max_steps = int(fitted_steps)  # the budget was fitted before the kill; keep that schedule
         eval_s = None

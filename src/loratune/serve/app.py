@@ -206,7 +206,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
         return {
             "id": name, "object": "model", "created": created, "owned_by": "loratune",
             "base_model": registry.base_source, "task": profile.task.name if profile.task else None,
-            "task_kind": profile.task_kind, "multi_turn": profile.multi_turn,
+            "task_family": profile.task_family, "multi_turn": profile.multi_turn,
         }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -229,13 +229,13 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     async def chat_completions(body: schemas.ChatCompletionRequest) -> Any:
         name, profile = served_profile(body.model)
         messages = [m.model_dump() for m in body.messages]
-        built = build_chat_prompt(profile, registry.tokenizer, registry.kind, messages)
+        built = build_chat_prompt(profile, registry.tokenizer, registry.model_type, messages)
         return await answer(body, name, built, chat=True)
 
     @app.post("/v1/completions")
     async def completions(body: schemas.CompletionRequest) -> Any:
         name = served_name(body.model)
-        built = build_completion_prompt(registry.tokenizer, registry.kind, body.prompt)
+        built = build_completion_prompt(registry.tokenizer, registry.model_type, body.prompt)
         return await answer(body, name, built, chat=False)
 
     async def answer(body: Any, name: str, built: Any, *, chat: bool) -> Any:
@@ -243,7 +243,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
         if requested is not None and requested > settings.max_tokens_limit:
             raise RequestError(400, f"max_tokens is {requested}, over this server's limit of "
                                f"{settings.max_tokens_limit}", param="max_tokens")
-        budget = check_length(len(built.ids), requested, kind=registry.kind, limit=registry.context,
+        budget = check_length(len(built.ids), requested, model_type=registry.model_type, limit=registry.context,
                               default_max_tokens=settings.default_max_tokens,
                               prompt_param="messages" if chat else "prompt")
         sampling = Sampling(temperature=1.0 if body.temperature is None else body.temperature,
@@ -254,7 +254,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
         def sink(event: JobEvent) -> None:
             # Called on the generating thread. A non-streamed answer is read from the job at the
             # end, so only its final event needs to wake the event loop.
-            if body.stream or event.kind != "delta":
+            if body.stream or event.type != "delta":
                 loop.call_soon_threadsafe(events.put_nowait, event)
 
         job = Job(name, built.ids, max_tokens=budget, sampling=sampling, stop=body.stop, strip=chat, sink=sink)
@@ -273,12 +273,12 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
             event = await events.get()
         finally:
             job.cancel()  # no-op once finished; stops the job when the client went away
-        if event.kind == "error":
+        if event.type == "error":
             return _error_response(event.status, event.text)
         text = job.text  # complete: the job finished before its final event was sent
         reason = schemas.finish_reason_for_client(job.finish_reason)
         if chat:
-            return schemas.chat_response(rid, name, clean_output(text, built.task_kind), reason, len(built.ids),
+            return schemas.chat_response(rid, name, clean_output(text, built.task_family), reason, len(built.ids),
                                          job.completion_tokens, built.warnings)
         return schemas.text_response(rid, name, text, reason, len(built.ids), job.completion_tokens, built.warnings)
 
@@ -290,11 +290,11 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
                 yield sse(schemas.chat_chunk(rid, name, {"role": "assistant", "content": ""}, warnings=built.warnings))
             while True:
                 event = await events.get()
-                if event.kind == "delta":
+                if event.type == "delta":
                     yield sse(schemas.chat_chunk(rid, name, {"content": event.text}) if chat
                               else schemas.text_chunk(rid, name, event.text))
                     continue
-                if event.kind == "error":
+                if event.type == "error":
                     yield sse(error_body(event.status, event.text))
                     return
                 reason = schemas.finish_reason_for_client(job.finish_reason)
@@ -382,6 +382,6 @@ def run_server(base: str | None, adapters: list[str], host: str = "127.0.0.1", p
         print(f"warning: serving on {host} without an API key; anyone who can reach this port can use "
               "the models and load adapters (pass --api-key or set LORATUNE_API_KEY)", file=sys.stderr)
     shown = "[::1]" if host == "::1" else host
-    print(f"loratune serve: base {registry.base_source} ({registry.kind}), models: {', '.join(registry.names())}\n"
+    print(f"loratune serve: base {registry.base_source} ({registry.model_type}), models: {', '.join(registry.names())}\n"
           f"  chat page   http://{shown}:{port}/\n  OpenAI API  base_url=http://{shown}:{port}/v1", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info")

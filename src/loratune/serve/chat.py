@@ -80,8 +80,8 @@ def _answer(registry, name: str, history: list[dict[str, str]], message: str, ou
     while True:
         try:
             messages = turns + [{"role": "user", "content": message}]
-            built = build_chat_prompt(profile, registry.tokenizer, registry.kind, messages)
-            budget = check_length(len(built.ids), None, kind=registry.kind, limit=registry.context,
+            built = build_chat_prompt(profile, registry.tokenizer, registry.model_type, messages)
+            budget = check_length(len(built.ids), None, model_type=registry.model_type, limit=registry.context,
                                   default_max_tokens=max_tokens)
             break
         except RequestError as exc:
@@ -97,10 +97,10 @@ def _answer(registry, name: str, history: list[dict[str, str]], message: str, ou
         print(f"(note: {warning})", file=out, flush=True)
 
     def sink(event: JobEvent) -> None:
-        if event.kind == "delta":
+        if event.type == "delta":
             out.write(event.text)
             out.flush()
-        elif event.kind == "error":
+        elif event.type == "error":
             out.write(f"\nerror: {event.text}")
 
     job = Job(name, built.ids, max_tokens=budget, sampling=Sampling(temperature=temperature), strip=True, sink=sink)
@@ -114,4 +114,4 @@ def _answer(registry, name: str, history: list[dict[str, str]], message: str, ou
     out.flush()
     if job.error:
         return None
-    return clean_output(job.text, built.task_kind)
+    return clean_output(job.text, built.task_family)

@@ -36,7 +36,7 @@ class Runtime(Protocol):
 
     lock: threading.RLock
     tokenizer: Any
-    kind: str
+    model_type: str
 
     def mixed_batching(self) -> bool: ...
 
@@ -102,7 +102,7 @@ class DecodeBatch:
         rows = self.jobs + joining
         if not rows:
             return True
-        if self.runtime.kind != "causal":  # one `generate` call: one sampling setting
+        if self.runtime.model_type != "causal":  # one `generate` call: one sampling setting
             return not self.jobs and job.sampling.key() == rows[0].sampling.key() and (
                 self.runtime.mixed_batching() or job.adapter == rows[0].adapter)
         if self.jobs and not self._joinable:
@@ -119,7 +119,7 @@ class DecodeBatch:
             if not jobs:
                 return
             self.prefills += 1
-            if self.runtime.kind != "causal":
+            if self.runtime.model_type != "causal":
                 self._generate_static(jobs)
                 return
             from transformers import DynamicCache
@@ -247,7 +247,7 @@ class DecodeBatch:
             with self.runtime.forward_for([job.adapter for job in jobs]) as (model, extra):
                 device = model.get_input_embeddings().weight.device
                 prompts = [job.prompt_ids for job in jobs]
-                inputs = encode_batch(self.runtime.tokenizer, self.runtime.kind, prompts, device)
+                inputs = encode_batch(self.runtime.tokenizer, self.runtime.model_type, prompts, device)
                 model.generate(**inputs, **kwargs, **extra, stopping_criteria=StoppingCriteriaList([tracker]))
         except Exception as exc:  # one bad batch must not take the server down
             for job in jobs:

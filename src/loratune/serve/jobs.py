@@ -36,7 +36,7 @@ class Sampling:
 class JobEvent:
     """What a job's sink receives: text pieces, then exactly one `done` or `error`."""
 
-    kind: str  # "delta" | "done" | "error"
+    type: str  # "delta" | "done" | "error"
     text: str = ""
     finish_reason: str | None = None
     status: int = 500

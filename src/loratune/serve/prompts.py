@@ -33,24 +33,24 @@ class PromptProfile:
     """Training's prompt limit: longer task prompts are cut to it, as training cut them."""
 
     @property
-    def task_kind(self) -> str:
-        return self.task.kind if self.task else "text"
+    def task_family(self) -> str:
+        return self.task.family if self.task else "text"
 
     @property
     def multi_turn(self) -> bool:
         """Whether earlier turns reach the model (chat tasks and chat-template models do)."""
-        return self.task.kind == "chat" if self.task else self.use_chat_template
+        return self.task.family == "chat" if self.task else self.use_chat_template
 
 
 @dataclass
 class BuiltPrompt:
     text: str
     ids: list[int]
-    task_kind: str = "text"
+    task_family: str = "text"
     warnings: list[str] = field(default_factory=list)
 
 
-def profile_from_meta(meta: dict[str, Any], tokenizer: Any, kind: str) -> PromptProfile:
+def profile_from_meta(meta: dict[str, Any], tokenizer: Any, model_type: str) -> PromptProfile:
     """The prompt profile of an adapter from its `loratune.json` (empty dict: a plain peft adapter)."""
     task = None
     if meta.get("task"):
@@ -60,14 +60,14 @@ def profile_from_meta(meta: dict[str, Any], tokenizer: Any, kind: str) -> Prompt
             task = None  # an adapter from a newer loratune: serve it like the base model
     return PromptProfile(
         task=task,
-        use_chat_template=wants_chat_template(tokenizer, kind, meta.get("use_chat_template")),
+        use_chat_template=wants_chat_template(tokenizer, model_type, meta.get("use_chat_template")),
         system_prompt=meta.get("system_prompt"),
         max_source_tokens=meta.get("max_source_tokens"),
     )
 
 
-def base_profile(tokenizer: Any, kind: str) -> PromptProfile:
-    return PromptProfile(task=None, use_chat_template=wants_chat_template(tokenizer, kind, None))
+def base_profile(tokenizer: Any, model_type: str) -> PromptProfile:
+    return PromptProfile(task=None, use_chat_template=wants_chat_template(tokenizer, model_type, None))
 
 
 def context_limit(model: Any, tokenizer: Any, configured: int | None = None) -> int:
@@ -109,7 +109,7 @@ def _last_user_message(messages: list[dict[str, str]]) -> str:
     raise RequestError(400, "messages must contain at least one user message", param="messages")
 
 
-def build_chat_prompt(profile: PromptProfile, tokenizer: Any, kind: str, messages: list[dict[str, Any]]) -> BuiltPrompt:
+def build_chat_prompt(profile: PromptProfile, tokenizer: Any, model_type: str, messages: list[dict[str, Any]]) -> BuiltPrompt:
     """Render a chat request as the model's prompt (see module doc)."""
     messages = normalize_messages(messages)
     warnings: list[str] = []
@@ -121,14 +121,14 @@ def build_chat_prompt(profile: PromptProfile, tokenizer: Any, kind: str, message
             text = messages[0]["content"]  # e.g. T5: the message itself is the input
         else:
             text = render_prompt(tokenizer, messages, use_chat_template=False, system_prompt=None)
-        return BuiltPrompt(text, prompt_ids(tokenizer, kind, text), "text", warnings)
+        return BuiltPrompt(text, prompt_ids(tokenizer, model_type, text), "text", warnings)
 
-    if task.kind == "chat":
+    if task.family == "chat":
         prompt: Any = task.prompt({"messages": messages})
     else:
         # Task adapters learned single-turn prompts: only the latest user message is the input.
         row = task.row_from_message(_last_user_message(messages))
-        if task.kind == "sql" and task.build_schema is not None and not task.build_schema(row).strip():
+        if task.family == "sql" and task.build_schema is not None and not task.build_schema(row).strip():
             warnings.append(
                 "no CREATE TABLE statement found in the message; this SQL adapter expects the "
                 "question followed by the tables' CREATE TABLE statements"
@@ -145,7 +145,7 @@ def build_chat_prompt(profile: PromptProfile, tokenizer: Any, kind: str, message
     text = render_prompt(
         tokenizer, prompt, use_chat_template=profile.use_chat_template, system_prompt=profile.system_prompt
     )
-    return BuiltPrompt(text, prompt_ids(tokenizer, kind, text), task.kind, warnings)
+    return BuiltPrompt(text, prompt_ids(tokenizer, model_type, text), task.family, warnings)
 
 
 def _prompt_tokens(tokenizer: Any, prompt: Any) -> int:
@@ -153,13 +153,13 @@ def _prompt_tokens(tokenizer: Any, prompt: Any) -> int:
     return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
 
-def build_completion_prompt(tokenizer: Any, kind: str, text: str) -> BuiltPrompt:
+def build_completion_prompt(tokenizer: Any, model_type: str, text: str) -> BuiltPrompt:
     """`/v1/completions`: the prompt text goes to the model as it is."""
-    return BuiltPrompt(text, prompt_ids(tokenizer, kind, text), "text", [])
+    return BuiltPrompt(text, prompt_ids(tokenizer, model_type, text), "text", [])
 
 
 def check_length(
-    prompt_tokens: int, max_tokens: int | None, *, kind: str, limit: int, default_max_tokens: int,
+    prompt_tokens: int, max_tokens: int | None, *, model_type: str, limit: int, default_max_tokens: int,
     prompt_param: str = "messages",
 ) -> int:
     """The answer's token budget, or a 400 when the prompt (plus the requested answer) is too long.
@@ -167,14 +167,14 @@ def check_length(
     Causal models share one context between prompt and answer; seq2seq encoders take the prompt
     and the decoder the answer, so each must fit on its own.
     """
-    if prompt_tokens > limit or (kind == "causal" and prompt_tokens >= limit):
+    if prompt_tokens > limit or (model_type == "causal" and prompt_tokens >= limit):
         raise RequestError(
             400,
             f"the prompt has {prompt_tokens} tokens, over this model's context of {limit} tokens; "
             "shorten the prompt",
             param=prompt_param, code="context_length_exceeded",
         )
-    room = limit - prompt_tokens if kind == "causal" else limit
+    room = limit - prompt_tokens if model_type == "causal" else limit
     if max_tokens is None:
         return min(default_max_tokens, room)
     if max_tokens > room:

@@ -116,9 +116,9 @@ class ModelRegistry:
         if self.bf16:
             cast_linear_weights(self.model)  # the fp32 originals are not kept: serving never trains
         self.tokenizer = loaded.tokenizer
-        self.kind: str = loaded.kind
+        self.model_type: str = loaded.model_type
         self.base_source: str = loaded.source
-        self.base_profile = base_profile(self.tokenizer, self.kind)
+        self.base_profile = base_profile(self.tokenizer, self.model_type)
         self.context = context_limit(self.model, self.tokenizer, max_context)
         self.adapters: dict[str, AdapterEntry] = {}
         self.created = int(time.time())
@@ -158,8 +158,9 @@ class ModelRegistry:
                 f"adapter {name!r} was trained on {adapter_base(meta, peft_config)!r} but this server's base "
                 f"model is {self.base_source!r}; serve it from its own base (loratune serve --base ...)"
             )
-        if meta.get("kind") and meta["kind"] != self.kind:
-            raise ServeError(f"adapter {name!r} is for a {meta['kind']} model but the base is {self.kind}")
+        adapter_type = meta.get("model_type") or meta.get("kind")  # `kind` in adapters before 0.2
+        if adapter_type and adapter_type != self.model_type:
+            raise ServeError(f"adapter {name!r} is for a {adapter_type} model but the base is {self.model_type}")
         if other_base:
             log.warning("adapter %r records base model %r, which is not on this machine; serving it on %r",
                         name, adapter_base(meta, peft_config), self.base_source)
@@ -187,7 +188,7 @@ class ModelRegistry:
             if self.bf16:
                 cast_linear_weights(self.model)  # the new adapter's LoRA layers
             entry = AdapterEntry(
-                name, adapter_dir, meta, profile_from_meta(meta, self.tokenizer, self.kind), int(time.time())
+                name, adapter_dir, meta, profile_from_meta(meta, self.tokenizer, self.model_type), int(time.time())
             )
             self.adapters[name] = entry
         return entry

@@ -1,11 +1,11 @@
-"""Plan the synthesized databases of a (gold, prediction) pair: what kind of value each column
+"""Plan the synthesized databases of a (gold, prediction) pair: what affinity (integer, real, text) each column
 holds and which columns share values.
 
 sql-create-context gives only CREATE TABLE statements, mostly declaring VARCHAR even where
-Spider stores numbers. A column's kind (integer, real, text) is read from what the gold does
+Spider stores numbers. A column's affinity is read from what the gold does
 with it (compared with a number, summed, compared with a string), then its declared type, then
 its name (`age`, `year`, `..._id`), and only then from the prediction. The synthesized table
-declares that kind, so `age > 56` compares numbers as on the real database, not text.
+declares that affinity, so `age > 56` compares numbers as on the real database, not text.
 Columns the gold equates (join keys, IN-subqueries, `a = (SELECT b ...)`, the two sides of a
 set operation) form one domain sharing a pool of values; a member that looks like its table's
 key (`id`, `stadium_id` in stadium, `stuid` in student) is the domain's primary key.
@@ -32,7 +32,7 @@ _DDL_TYPE = {"int": "INTEGER", "real": "REAL", "text": "TEXT"}
 class Domain:
     """Columns that share values, and the constants any of them is compared with."""
 
-    kind: str = "text"
+    affinity: str = "text"
     members: list[Key] = field(default_factory=list)
     strings: set[str] = field(default_factory=set)
     numbers: set[float] = field(default_factory=set)
@@ -43,7 +43,7 @@ class Domain:
 
 @dataclass
 class DatabasePlan:
-    """How to fill each column: its kind and the domain it draws from."""
+    """How to fill each column: its affinity and the domain it draws from."""
 
     schema: Schema
     domains: list[Domain]
@@ -51,7 +51,7 @@ class DatabasePlan:
     facts: QueryFacts
 
     def ddl(self) -> list[str]:
-        types = {key: _DDL_TYPE[self.domains[i].kind] for key, i in self.domain_of.items()}
+        types = {key: _DDL_TYPE[self.domains[i].affinity] for key, i in self.domain_of.items()}
         return self.schema.ddl(types)
 
 
@@ -71,7 +71,7 @@ def merge_facts(all_facts: list[QueryFacts]) -> QueryFacts:
 
 
 def plan_database(schema: Schema, gold: QueryFacts, others: list[QueryFacts] | None = None) -> DatabasePlan:
-    """Group columns into domains and give each a kind and its constants. Constants come from
+    """Group columns into domains and give each an affinity and its constants. Constants come from
     every query; joins only from the gold, whose join keys stand in for the foreign keys the
     context does not declare (a prediction joining the wrong columns must not make them share
     values, or its wrong join would match like the right one)."""
@@ -112,7 +112,7 @@ def plan_database(schema: Schema, gold: QueryFacts, others: list[QueryFacts] | N
         domain.numbers |= facts.numbers.get(key, set())
         domain.likes |= facts.likes.get(key, set())
     for domain in domains:
-        domain.kind = _domain_kind(domain, gold, others or [], declared)
+        domain.affinity = _domain_affinity(domain, gold, others or [], declared)
         tables_with_primary: set[str] = set()
         for table, column in domain.members:
             if _looks_primary(table, column) and table not in tables_with_primary and domain.primary is None:
@@ -131,13 +131,13 @@ def _as_number(text: str) -> float | None:
     return int(value) if value.is_integer() and abs(value) < 2**63 else value
 
 
-def _domain_kind(domain: Domain, gold: QueryFacts, others: list[QueryFacts], declared: dict[Key, str]) -> str:
+def _domain_affinity(domain: Domain, gold: QueryFacts, others: list[QueryFacts], declared: dict[Key, str]) -> str:
     """What the gold does with the column first, then its declared type, then its name, and
     only then what a prediction does with it (a prediction comparing a text column with a
     number must not turn the column into numbers)."""
-    kind = _usage_kind(domain.members, gold)
-    if kind:
-        return kind
+    affinity = _usage_affinity(domain.members, gold)
+    if affinity:
+        return affinity
     for key in domain.members:
         affinity = declared.get(key, "")
         if "INT" in affinity:
@@ -146,10 +146,10 @@ def _domain_kind(domain: Domain, gold: QueryFacts, others: list[QueryFacts], dec
             return "real"
     if any(_NUMERIC_NAME.search(column) for _table, column in domain.members):
         return "int"
-    return next((k for k in (_usage_kind(domain.members, f) for f in others) if k), "text")
+    return next((k for k in (_usage_affinity(domain.members, f) for f in others) if k), "text")
 
 
-def _usage_kind(members: list[Key], facts: QueryFacts) -> str | None:
+def _usage_affinity(members: list[Key], facts: QueryFacts) -> str | None:
     numbers = [n for key in members for n in facts.numbers.get(key, ())]
     numbers += [n for key in members for s in facts.strings.get(key, ()) if (n := _as_number(s)) is not None]
     if numbers or any(key in facts.numeric for key in members):

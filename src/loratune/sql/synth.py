@@ -171,14 +171,14 @@ def _sorted(values: set) -> list:
 
 
 def _pool(domain: Domain, size: int, rng: random.Random, loose: set[str]) -> list:
-    """Distinct candidate values: the constants first, then `size` random ones of the domain's kind."""
+    """Distinct candidate values: the constants first, then `size` random ones of the domain's affinity."""
     values: list = []
 
     def add(value: object) -> None:
         if value not in values:
             values.append(value)
 
-    if domain.kind == "text":
+    if domain.affinity == "text":
         for text in _sorted(domain.strings):
             add(text)
             add(text.lower() if text != text.lower() else text.upper())
@@ -191,7 +191,7 @@ def _pool(domain: Domain, size: int, rng: random.Random, loose: set[str]) -> lis
         while len(values) < wanted:
             add(_word(rng))
         return values
-    step = 0.5 if domain.kind == "real" else 1
+    step = 0.5 if domain.affinity == "real" else 1
     for number in _sorted(domain.numbers):
         for value in (number, number - step, number + step):
             add(value)
@@ -201,7 +201,7 @@ def _pool(domain: Domain, size: int, rng: random.Random, loose: set[str]) -> lis
     for _attempt in range(10 * wanted):
         if len(values) >= wanted:
             break
-        add(round(rng.uniform(lo, hi), 1) if domain.kind == "real" else rng.randint(lo, hi))
+        add(round(rng.uniform(lo, hi), 1) if domain.affinity == "real" else rng.randint(lo, hi))
     return values
 
 

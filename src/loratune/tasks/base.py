@@ -25,7 +25,7 @@ class Task:
     row_from_message: Callable[[str], dict[str, Any]]
     """Turn a chat user's raw message into a row, so serving builds the training prompt."""
     description: str = ""
-    kind: str = "text"
+    family: str = "text"
     """`sql` tasks get execution metrics; `summary` and `qa` tasks get ROUGE and friends."""
     build_schema: Callable[[dict[str, Any]], str] | None = None
     """For SQL tasks: the CREATE TABLE statements of a row, used to execute predictions."""

@@ -27,5 +27,5 @@ FINANCE_ALPACA = Task(
     build_target=lambda row: str(row["output"]).strip(),
     row_from_message=finance_row_from_message,
     description="Financial QA: instruction (+ optional input context) -> output.",
-    kind="qa",
+    family="qa",
 )

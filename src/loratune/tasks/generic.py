@@ -47,5 +47,5 @@ CHAT_MESSAGES = Task(
     build_target=chat_target,
     row_from_message=lambda message: {"messages": [{"role": "user", "content": message}]},
     description="Chat conversations; the model learns the final assistant turn.",
-    kind="chat",
+    family="chat",
 )

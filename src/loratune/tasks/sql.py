@@ -63,7 +63,7 @@ SQL_CREATE_CONTEXT = Task(
     build_target=lambda row: str(row["answer"]).strip(),
     row_from_message=sql_row_from_message,
     description="Text-to-SQL: question + CREATE TABLE context -> SQL (b-mc2/sql-create-context).",
-    kind="sql",
+    family="sql",
     build_schema=lambda row: str(row["context"]),
 )
 
@@ -74,6 +74,6 @@ LLAMA2_SQL = Task(
     build_target=lambda row: str(row["output"]).strip(),
     row_from_message=lambda message: {"input": _llama2_input(sql_row_from_message(message))},
     description="Text-to-SQL in the Llama-2-SQL shape (### Instruction / ### Input / ### Response).",
-    kind="sql",
+    family="sql",
     build_schema=lambda row: parse_llama2_sql(str(row["input"]))["context"],
 )

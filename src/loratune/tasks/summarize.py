@@ -18,5 +18,5 @@ CNN_DAILYMAIL = Task(
     build_target=lambda row: str(row["highlights"]).strip(),
     row_from_message=lambda message: {"article": message.strip()},
     description="Summarization: article -> highlights (CNN/DailyMail columns).",
-    kind="summary",
+    family="summary",
 )
