@@ -24,3 +24,14 @@ def make_cfg(tmp_path, model_dir, name="run", **train):
         "train": {"max_steps": 30, "lr": 1e-2, "batch_size": 6, "logging_steps": 5, "eval_steps": 15,
                   "warmup_ratio": 0.0, "seed": 3, **train},
     })
+
+
+# Three text-to-SQL rows over one table, for evaluation tests on the tiny models.
+SQL_ROWS = [
+    {"question": "How many singers are there?", "context": "CREATE TABLE singer (name VARCHAR, age INTEGER)",
+     "answer": "SELECT COUNT(*) FROM singer"},
+    {"question": "List singer names older than 30.", "context": "CREATE TABLE singer (name VARCHAR, age INTEGER)",
+     "answer": "SELECT name FROM singer WHERE age > 30"},
+    {"question": "What is the oldest age?", "context": "CREATE TABLE singer (name VARCHAR, age INTEGER)",
+     "answer": "SELECT MAX(age) FROM singer"},
+]

@@ -5,18 +5,10 @@ import json
 import pytest
 
 from loratune.config import config_from_dict
+from run_helpers import SQL_ROWS
 from loratune.errors import RunDirError
 from loratune.evaluate import evaluate_run
 from loratune.train import train_run
-
-SQL_ROWS = [
-    {"question": "How many singers are there?", "context": "CREATE TABLE singer (name VARCHAR, age INTEGER)",
-     "answer": "SELECT COUNT(*) FROM singer"},
-    {"question": "List singer names older than 30.", "context": "CREATE TABLE singer (name VARCHAR, age INTEGER)",
-     "answer": "SELECT name FROM singer WHERE age > 30"},
-    {"question": "What is the oldest age?", "context": "CREATE TABLE singer (name VARCHAR, age INTEGER)",
-     "answer": "SELECT MAX(age) FROM singer"},
-]
 
 
 @pytest.fixture(scope="module")

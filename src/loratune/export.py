@@ -106,16 +106,12 @@ def export_run(
     """Export a run's adapter: merged into its base as a GGUF with a Modelfile (`gguf`), or alone (`gguf-lora`)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from loratune.lora import merge_adapter, read_adapter_meta, resolve_adapter_dir
+    from loratune.lora import adapter_and_base, merge_adapter
     from loratune.models import resolve_source
 
     output = Path(output)
     check_options(fmt, outtype, output)
-    adapter_dir = resolve_adapter_dir(run)
-    meta = read_adapter_meta(adapter_dir)
-    base_source = base or meta.get("base_model")
-    if not base_source:
-        raise ExportError(f"{adapter_dir}: the base model is unknown; pass --base MODEL")
+    adapter_dir, meta, base_source = adapter_and_base(run, base)
     resolved = resolve_source(base_source)
     config = AutoConfig.from_pretrained(
         resolved.path, gguf_file=resolved.gguf_file, local_files_only=resolved.local_files_only)

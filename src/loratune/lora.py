@@ -153,6 +153,16 @@ def trainable_parameters_line(model: Any) -> str:
     )
 
 
+def adapter_and_base(run_or_adapter: str | Path, base: str | None = None) -> tuple[Path, dict[str, Any], str]:
+    """An adapter's directory, its loratune.json, and its base model (`base` overrides the recorded one)."""
+    adapter_dir = resolve_adapter_dir(run_or_adapter)
+    meta = read_adapter_meta(adapter_dir)
+    base_source = base or meta.get("base_model")
+    if not base_source:
+        raise AdapterError(f"{adapter_dir}: the base model is unknown; pass --base MODEL")
+    return adapter_dir, meta, base_source
+
+
 def read_adapter_meta(adapter_dir: Path) -> dict[str, Any]:
     """The loratune metadata saved beside an adapter (task, base model, prompt settings)."""
     meta_path = adapter_dir / "loratune.json"
@@ -171,11 +181,7 @@ def merge_adapter(run_or_adapter: str | Path, output: str | Path, *, base: str |
 
     from loratune.models import load_model
 
-    adapter_dir = resolve_adapter_dir(run_or_adapter)
-    meta = read_adapter_meta(adapter_dir)
-    base_source = base or meta.get("base_model")
-    if not base_source:
-        raise AdapterError(f"{adapter_dir}: the base model is unknown; pass --base MODEL")
+    adapter_dir, meta, base_source = adapter_and_base(run_or_adapter, base)
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise AdapterError(f"{output}: already exists and is not empty; choose another --output")
