@@ -2,6 +2,7 @@
 (base + every checkpoint scored, progress.json, the plot) on a tiny model."""
 
 import json
+import shutil
 
 import pytest
 
@@ -81,3 +82,17 @@ def test_every_checkpoint_is_scored_at_its_training_minute(sql_run):
     assert saved["points"] == progress["points"]
     assert (sql_run / "plots" / "accuracy_vs_time.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any(line.startswith("step45: execution_accuracy") for line in lines)
+
+
+def test_the_final_adapter_is_the_best_checkpoint_only_when_the_run_kept_the_best(sql_run, tmp_path):
+    # The Trainer records a best checkpoint even when load_best_model_at_end is off (train.keep_best:
+    # false); the final adapter is then the last step's, whatever trainer_state.json says.
+    run = tmp_path / "run"
+    shutil.copytree(sql_run, run)
+    state_path = run / "checkpoints" / "checkpoint-45" / "trainer_state.json"
+    state = json.loads(state_path.read_text())
+    state["best_model_checkpoint"] = str(run / "checkpoints" / "checkpoint-15")
+    state_path.write_text(json.dumps(state))
+    quiet = dict(rows=1, log=lambda *_: None)
+    assert evaluate_progress(run, **quiet)["final_adapter_step"] == 15
+    assert evaluate_progress(run, overrides=["train.keep_best=false"], **quiet)["final_adapter_step"] == 45

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from loratune.errors import ConfigError
-from loratune.trainer import resolve_precision, stretch_schedule
+from loratune.trainer import TimeBudget, resolve_precision, stretch_schedule
 from run_helpers import make_cfg
 
 
@@ -82,3 +82,49 @@ def test_completion_only_logits_give_the_models_own_loss(tmp_path, tiny_llama_di
         summed = trainer.compute_loss(loaded.model, dict(batch), num_items_in_batch=2 * n_items)
     assert torch.allclose(got, expected, atol=1e-5)
     assert torch.allclose(summed, expected / 2, atol=1e-5)
+
+
+def _budget_run(step_seconds, *, minutes=1.0, upper=1000):
+    """Drive a TimeBudget through a run whose n-th step takes step_seconds(n) on a fake clock;
+    returns the step the run stopped at, the clock then, and the budget's messages."""
+    from types import SimpleNamespace
+
+    from transformers import get_scheduler
+
+    clock = [0.0]
+    messages = []
+    budget = TimeBudget(minutes, warmup_ratio=0.0, eval_s=0.0, log=messages.append, clock=lambda: clock[0])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=upper)
+    state = SimpleNamespace(global_step=0, max_steps=upper, eval_steps=None)
+    args, control = SimpleNamespace(eval_strategy="no"), SimpleNamespace(should_training_stop=False)
+    budget.on_train_begin(args, state, control)
+    while not control.should_training_stop:
+        state.global_step += 1
+        clock[0] += step_seconds(state.global_step)
+        optimizer.step()
+        scheduler.step()
+        budget.on_step_end(args, state, control, lr_scheduler=scheduler)
+    return state.global_step, clock[0], messages, scheduler.get_last_lr()[0]
+
+
+def test_time_budget_lengthens_a_run_whose_first_steps_were_slow():
+    # Six slow steps (the longest batch first, warm-up), then steps twice as fast: the first fit
+    # undershoots, the re-checks lengthen the run, and it ends inside the budget, not at half of it.
+    steps, seconds, messages, last_lr = _budget_run(lambda n: 4.0 if n <= 6 else 2.0)
+    assert messages[0].endswith("-> 15 steps")
+    assert any("faster than measured" in m for m in messages)
+    assert 0.95 * 60 <= seconds <= 60 and steps == 23  # 15 steps (34 s) without the re-checks
+    assert last_lr == pytest.approx(0.0, abs=1e-9)  # the cosine was stretched to the new end
+
+
+def test_time_budget_shortens_a_run_that_slows_down():
+    steps, seconds, messages, last_lr = _budget_run(lambda n: 1.0 if n <= 20 else 3.0, minutes=2.0)
+    assert any("slower than measured" in m for m in messages)
+    assert 0.95 * 120 <= seconds <= 120 and steps == 53  # the first fit said 120 steps (~300 s)
+    assert last_lr == pytest.approx(0.0, abs=1e-9)
+
+
+def test_time_budget_never_passes_the_configured_upper_bound():
+    steps, seconds, _, _ = _budget_run(lambda n: 4.0 if n <= 6 else 0.5, upper=40)
+    assert steps == 40 and seconds < 60

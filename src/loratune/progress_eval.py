@@ -128,7 +128,8 @@ def evaluate_progress(
     checkpoints = list_checkpoints(run_dir)
     summary = read_json_or_none(run_dir / "run_summary.json") or {}
     final_step = int(summary.get("steps") or (checkpoints[-1][0] if checkpoints else 0))
-    best_step = _best_checkpoint_step(checkpoints)
+    # The Trainer records its best checkpoint either way; only a run that kept it ended there.
+    best_step = _best_checkpoint_step(checkpoints) if cfg.train.keep_best else None
     adapters = list(checkpoints)
     final_is_saved = best_step is not None or any(step == final_step for step, _ in checkpoints)
     if not final_is_saved and (run_dir / "adapter" / "adapter_config.json").is_file():

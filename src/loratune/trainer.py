@@ -159,25 +159,30 @@ class TimeBudget(TrainerCallback):
 
     The Trainer starts with an upper bound (the epochs or max_steps of the config). After
     `calibrate_steps` we set `state.max_steps` (the Trainer's own flow callback stops, evaluates and
-    saves there) from the pace so far plus one evaluation per `eval_steps`. Evaluations, checkpoints
-    and a machine that slows down are only seen as the run goes, so every tenth of the way the pace
-    since the first step (all of it included) is checked again, and the length shortened when the
-    run would overshoot; the schedule is stretched again each time, so the cosine still ends whole.
+    saves there) from the pace so far plus one evaluation per `eval_steps`. The first steps are not
+    the typical ones (length grouping puts the longest batch first; kernels warm up), and
+    evaluations, checkpoints and a machine that slows down are only seen as the run goes, so every
+    twentieth of the way the pace since the first step (all of it included) is checked again, and
+    the length refitted when the run would overshoot the budget or leave more than 3% of it unused
+    (up to the upper bound). The schedule is stretched each time, so the cosine still ends whole.
     """
 
-    def __init__(self, minutes: float, *, warmup_ratio: float, eval_s: float, log: Log, calibrate_steps: int = 6) -> None:
+    def __init__(self, minutes: float, *, warmup_ratio: float, eval_s: float, log: Log, calibrate_steps: int = 6,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.budget_s = minutes * 60.0
         self.warmup_ratio = warmup_ratio
         self.eval_s = eval_s
         self.log = log
         self.calibrate_steps = calibrate_steps
-        self.started = time.perf_counter()
+        self.clock = clock
+        self.started = clock()
         self.after_first: float | None = None
         self.fitted_steps: int | None = None
+        self.upper_steps: int | None = None
         self.checked_at = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.started = time.perf_counter()
+        self.started = self.clock()
 
     def _fit(self, state: Any, steps: int, scheduler: Any) -> bool:
         self.fitted_steps = state.max_steps = steps
@@ -185,7 +190,7 @@ class TimeBudget(TrainerCallback):
         return stretch_schedule(scheduler, steps, warmup)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        now = time.perf_counter()
+        now = self.clock()
         step = state.global_step
         if step == 1:  # the first step pays one-time costs (allocations, kernels); time from its end
             self.after_first = now
@@ -196,6 +201,7 @@ class TimeBudget(TrainerCallback):
         # slow model does not run a large part of its budget on the provisional schedule.
         calibrated = step >= min(self.calibrate_steps, state.max_steps) or (step >= 2 and elapsed > 0.05 * self.budget_s)
         if self.fitted_steps is None and pace is not None and calibrated:
+            self.upper_steps = state.max_steps
             eval_every = state.eval_steps if args.eval_strategy == "steps" and state.eval_steps else None
             per_step = pace + (self.eval_s / eval_every if eval_every else 0.0)
             fitted = max(step, min(state.max_steps, step + int(max(0.0, left) / per_step)))
@@ -206,13 +212,16 @@ class TimeBudget(TrainerCallback):
                 + ("" if stretched else " (this LR schedule has no length to stretch)")
             )
         elif self.fitted_steps is not None and pace is not None and step < state.max_steps and (
-                step - self.checked_at >= max(3, self.fitted_steps // 10)):
+                step - self.checked_at >= max(3, self.fitted_steps // 20)):
             self.checked_at = step
-            if elapsed + (state.max_steps - step) * pace + self.eval_s > self.budget_s * 1.02:
-                fitted = max(step + 1, step + int(max(0.0, left) / pace))
-                if fitted < state.max_steps:
+            projected = elapsed + (state.max_steps - step) * pace + self.eval_s
+            if projected > self.budget_s or projected < 0.97 * self.budget_s:
+                fitted = min(self.upper_steps or state.max_steps, max(step + 1, step + int(max(0.0, left) / pace)))
+                if fitted != state.max_steps:
+                    faster = fitted > state.max_steps
                     self._fit(state, fitted, kwargs.get("lr_scheduler"))
-                    self.log(f"train.max_minutes: slower than measured ({pace:.2f}s per step) -> {fitted} steps")
+                    self.log(f"train.max_minutes: {'faster' if faster else 'slower'} than measured "
+                             f"({pace:.2f}s per step) -> {fitted} steps")
         if step >= state.max_steps:
             # Epoch-based evaluation would never run when the budget ends mid-epoch: evaluate and
             # save here so the last steps count for the best checkpoint.
