@@ -5,6 +5,9 @@ shares a CREATE TABLE name with it are one block (about one database). A seeded 
 blocks that touch none of the 5 evaluation databases' table names is the dev set (~360 rows);
 trials train on the rest. No decision of the recipe looks at `val_with_db.jsonl`'s rows.
 
+Also writes `other_dbs.jsonl`: the rows of `val.jsonl` (Spider dev) that share no question and no
+table name with the 5 evaluation databases, a second test set over databases not in `data/`.
+
     .venv/bin/python bench/recipe/make_dev.py [OUT_DIR]   # default /tmp/recipe
 """
 import json
@@ -56,4 +59,8 @@ assert not any(r["question"].strip().lower() in eval_questions for r in dev_rows
 rng.shuffle(dev_rows)
 (out / "train_minus_dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train_rows))
 (out / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in dev_rows))
+other = [json.loads(line) for line in open("data/sql-create-context/val.jsonl")]
+other = [r for r in other if r["question"].strip().lower() not in eval_questions and not tables(r) & eval_tables]
+(out / "other_dbs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in other))
+print(f"{out}: other_dbs {len(other)} rows")
 print(f"{out}: dev {len(dev_rows)} rows from {len(blocks)} blocks, train {len(train_rows)} rows")
