@@ -12,7 +12,8 @@ max_new_tokens; only how the model computes differs:
             call where bf16 is native) with the adapter merged into the base weights, as
             `evaluate.py` does.
 
-Reports seconds per side, generated tokens/s, the speed-up, and the share of answers that are
+Reports seconds per side, generated tokens/s (the cleaned answers re-tokenized, +1 for the stop
+token: the same count for both recipes, not the exact decode steps), the speed-up, and the share of answers that are
 identical between the recipes (bf16 rounding may flip near-ties). Needs a trained run (default:
 the demo's `runs/text2sql-smollm2`, made by `make demo`).
 
