@@ -58,7 +58,14 @@ from loratune.config import LoraSettings, RunConfig, TrainSettings, load_config 
 from loratune.models import bf16_supported  # noqa: E402
 from loratune.train import train_run  # noqa: E402
 
-PEAK_SIZE = 2048
+# On a CUDA machine everything runs on the GPU (as loratune does there) and the peak is taken on it.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+PEAK_SIZE = 8192 if DEVICE == "cuda" else 2048
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
 
 
 # ---------------------------------------------------------------- the machine
@@ -66,14 +73,16 @@ PEAK_SIZE = 2048
 
 def matmul_gflops(dtype: torch.dtype, seconds: float, n: int = PEAK_SIZE) -> float:
     """Best GFLOP/s of bursts of n x n matmuls over `seconds` (the best burst: least disturbed)."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    a @ b  # first call: oneDNN picks and caches its kernel
+    a = torch.randn(n, n, device=DEVICE).to(dtype)
+    b = torch.randn(n, n, device=DEVICE).to(dtype)
+    a @ b  # first call: oneDNN (cuBLAS) picks and caches its kernel
+    _sync()
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         started = time.perf_counter()
         for _ in range(2):
             a @ b
+        _sync()
         best = max(best, 2 * 2 * n**3 / (time.perf_counter() - started) / 1e9)
     return best
 
@@ -166,11 +175,11 @@ def run_plain_hf(cfg: RunConfig, features: list[dict], batch_size: int, out: str
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.05,
                       target_modules=cfg.lora.target_modules or default_target_modules(model), task_type="CAUSAL_LM")
     model = get_peft_model(model, lora)
-    bf16 = bf16_supported("cpu")
+    bf16 = bf16_supported(DEVICE)
     steps = -(-len(features) // batch_size)
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=cfg.train.lr,
-        bf16=bf16, use_cpu=True, report_to=[], save_strategy="no", logging_steps=steps, seed=cfg.train.seed,
+        bf16=bf16, use_cpu=DEVICE == "cpu", report_to=[], save_strategy="no", logging_steps=steps, seed=cfg.train.seed,
     )
     trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(features),
                       data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100))
@@ -194,18 +203,20 @@ def main() -> None:
     parser.add_argument("--peak-seconds", type=float, default=1.5, help="seconds per peak measurement")
     parser.add_argument("--recipes", default="original,plain_hf,loratune")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override for every recipe, e.g. --set model=/path/to/model")
     args = parser.parse_args()
     rows = args.steps * args.batch_size
-    bf16 = bf16_supported("cpu")
+    bf16 = bf16_supported(DEVICE)
     peaks = Peaks(["fp32", "bf16"] if bf16 else ["fp32"], args.peak_seconds)
     peaks.measure()
 
     out = tempfile.mkdtemp(prefix="loratune-bench-")
-    cfg = load_config(args.config, [f"data.max_train_rows={rows}"])
+    cfg = load_config(args.config, args.set + [f"data.max_train_rows={rows}"])
     features = bench_features(cfg)
     fpt = flop_per_token(cfg, features)
     # Every recipe trains these rows once: `rows` rows, `steps` batches of `batch_size` rows.
-    common = [
+    common = args.set + [
         f"output_dir={out}", f"data.max_train_rows={rows}", "train.epochs=1", "train.max_steps=-1",
         f"train.batch_size={args.batch_size}", "train.grad_accum=1", "train.eval_loss_rows=8",
         f"train.eval_steps={10 * rows}", "train.logging_steps=1", f"train.seed={cfg.train.seed}",
@@ -233,7 +244,8 @@ def main() -> None:
         r["mfu"] = round(r["tokens_per_s"] * fpt / (peak[r["precision"]] * 1e9), 3)
 
     print(f"\nModel {cfg.model}, task {cfg.task}, {rows} rows ({len(features)} after length limits), "
-          f"native bf16: {bf16}, threads {torch.get_num_threads()}")
+          f"native bf16: {bf16}, device {torch.cuda.get_device_name() if DEVICE == 'cuda' else 'cpu'}, "
+          f"threads {torch.get_num_threads()}")
     print(f"matmul peak ({PEAK_SIZE}²): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak.items())
           + f"; {fpt / 1e9:.3f} GFLOP per useful token\n")
     base = results.get("plain_hf") or next(iter(results.values()))

@@ -24,7 +24,7 @@ def test_extract_sql(text, expected):
 
 @pytest.mark.parametrize("which,kind", [("tiny_llama_dir", "causal"), ("tiny_t5_dir", "seq2seq")])
 def test_batched_equals_one_by_one(which, kind, request):
-    loaded = load_model(str(request.getfixturevalue(which)))
+    loaded = load_model(str(request.getfixturevalue(which)), device="cpu")
     questions = ["a", "a much longer prompt than the first one", "mid length prompt"]
     prompts = [render_prompt(loaded.tokenizer, q, use_chat_template=kind == "causal", system_prompt=None)
                for q in questions]
@@ -53,7 +53,7 @@ def test_encode_batch_pads_causal_left_and_seq2seq_right(tiny_llama_dir, tiny_t5
 
 def test_bf16_weights_answer_as_plain_autocast(tiny_llama_dir, monkeypatch):
     monkeypatch.setenv("LORATUNE_PRECISION", "bf16")  # emulated (slowly) where bf16 is not native
-    loaded = load_model(str(tiny_llama_dir))
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
     model = loaded.model.eval()
     inputs = encode_batch(loaded.tokenizer, "causal", ["hello there", "what is a bond?"])
     kwargs = dict(max_new_tokens=16, do_sample=False, pad_token_id=loaded.tokenizer.pad_token_id)

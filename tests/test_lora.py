@@ -18,7 +18,7 @@ def test_default_targets(tiny_t5_dir, tiny_llama_dir):
 
 
 def test_parameter_line_counts_by_hand(tiny_t5_dir):
-    loaded = load_model(str(tiny_t5_dir))
+    loaded = load_model(str(tiny_t5_dir), device="cpu")
     base_total = sum(p.numel() for p in loaded.model.parameters())
     model = apply_lora(loaded.model, "seq2seq", LoraSettings(r=4))
     # tiny T5: d_model 32, 2 heads x d_kv 16 = inner 32. q, v, o in 2 encoder self-attention
@@ -48,7 +48,7 @@ def test_bias_setting_trains_exactly_those_biases(bias):
 
 
 def test_zero_trainable_is_an_error(tiny_llama_dir):
-    model = load_model(str(tiny_llama_dir)).model
+    model = load_model(str(tiny_llama_dir), device="cpu").model
     for p in model.parameters():
         p.requires_grad_(False)
     with pytest.raises(AdapterError, match="zero parameters"):
@@ -56,7 +56,7 @@ def test_zero_trainable_is_an_error(tiny_llama_dir):
 
 
 def test_missing_adapter_dir(tmp_path, tiny_llama_dir):
-    model = load_model(str(tiny_llama_dir)).model
+    model = load_model(str(tiny_llama_dir), device="cpu").model
     with pytest.raises(AdapterError, match="no such run or adapter directory"):
         apply_lora(model, "causal", LoraSettings(init_adapter=str(tmp_path / "nope")))
 
@@ -69,7 +69,7 @@ def test_merge_equals_base_plus_adapter(tmp_path, which, kind, request):
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     model_dir = request.getfixturevalue(which)
-    base = load_model(str(model_dir)).model
+    base = load_model(str(model_dir), device="cpu").model
     targets = ["q_proj", "v_proj"] if kind == "causal" else ["q", "v"]
     torch.manual_seed(0)
     peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
@@ -87,7 +87,7 @@ def test_merge_equals_base_plus_adapter(tmp_path, which, kind, request):
     with torch.no_grad():
         got = merged(**inputs).logits
     assert torch.allclose(got, expected, atol=1e-5)
-    base_logits = load_model(str(model_dir)).model.eval()(**inputs).logits
+    base_logits = load_model(str(model_dir), device="cpu").model.eval()(**inputs).logits
     assert not torch.allclose(got, base_logits, atol=1e-3)
     with pytest.raises(AdapterError, match="not empty"):
         merge_adapter(tmp_path / "run", tmp_path / "merged")
@@ -98,7 +98,7 @@ def test_merge_equals_base_plus_adapter(tmp_path, which, kind, request):
 
 def _lora_llama(model_dir, weights_dtype=torch.float32, dropout=0.0):
     """Tiny Llama + LoRA on every projection, with fixed A and non-zero B so the adapter path counts."""
-    model = apply_lora(load_model(str(model_dir), dtype=weights_dtype).model, "causal",
+    model = apply_lora(load_model(str(model_dir), dtype=weights_dtype, device="cpu").model, "causal",
                        LoraSettings(r=4, alpha=8, dropout=dropout))
     generator = torch.Generator().manual_seed(1)
     for name, param in model.named_parameters():

@@ -142,7 +142,7 @@ def test_detect_kind() -> None:
 
 
 def test_load_tiny_t5(tiny_t5_dir: Path) -> None:
-    loaded = load_model(str(tiny_t5_dir))
+    loaded = load_model(str(tiny_t5_dir), device="cpu")
     assert loaded.model_type == "seq2seq" and loaded.path == str(tiny_t5_dir)
     assert type(loaded.model).__name__ == "T5ForConditionalGeneration"
     assert loaded.has_chat_template is False
@@ -158,7 +158,7 @@ def test_load_tiny_t5(tiny_t5_dir: Path) -> None:
 
 
 def test_load_tiny_llama_sets_pad_to_eos(tiny_llama_dir: Path) -> None:
-    loaded = load_model(str(tiny_llama_dir))
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
     tokenizer = loaded.tokenizer
     assert loaded.model_type == "causal" and loaded.has_chat_template
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.pad_token == "<|im_end|>"
@@ -173,8 +173,8 @@ def test_load_tiny_llama_sets_pad_to_eos(tiny_llama_dir: Path) -> None:
 
 
 def test_tiny_builders_are_deterministic(tiny_llama_dir: Path, tmp_path: Path) -> None:
-    again = load_model(str(build_tiny_llama(tmp_path / "again")))
-    first = load_model(str(tiny_llama_dir))
+    again = load_model(str(build_tiny_llama(tmp_path / "again")), device="cpu")
+    first = load_model(str(tiny_llama_dir), device="cpu")
     ids = first.tokenizer("SELECT 1;", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.equal(first.model(ids).logits, again.model(ids).logits)
@@ -192,7 +192,7 @@ def test_load_in_4bit_needs_cuda(tiny_llama_dir: Path) -> None:
 
 
 def test_memory_footprint_gb(tiny_llama_dir: Path) -> None:
-    model = load_model(str(tiny_llama_dir)).model
+    model = load_model(str(tiny_llama_dir), device="cpu").model
     expected = sum(p.numel() * 4 for p in model.parameters()) + sum(
         b.numel() * b.element_size() for b in model.buffers())
     assert memory_footprint_gb(model) == pytest.approx(expected / 1e9)

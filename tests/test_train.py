@@ -46,7 +46,7 @@ def adapter_logits(model_dir, adapter_dir, kind_inputs):
 
     from loratune.models import load_model
 
-    loaded = load_model(str(model_dir))
+    loaded = load_model(str(model_dir), device="cpu")
     model = PeftModel.from_pretrained(loaded.model, str(adapter_dir)).eval()
     with torch.no_grad():
         return model(**kind_inputs).logits
@@ -69,7 +69,7 @@ def test_saved_adapter_reloads_identically_and_continuing_changes_it(tmp_path, t
 
     cont_cfg = make_cfg(tmp_path, tiny_llama_dir, name="second", max_steps=10)
     cont_cfg.lora.init_adapter = str(first)
-    start_model = apply_lora(load_model(str(tiny_llama_dir)).model, "causal", cont_cfg.lora)
+    start_model = apply_lora(load_model(str(tiny_llama_dir), device="cpu").model, "causal", cont_cfg.lora)
     with torch.no_grad():
         assert torch.equal(start_model(**inputs).logits, a)
     # ... and training changes them, and the lineage is recorded.

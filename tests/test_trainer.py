@@ -1,12 +1,13 @@
 """The Trainer pieces: completion-only loss, precision rules, the LR schedule stretched by a time budget."""
 
 import math
+import types
 
 import pytest
 import torch
 
 from loratune.errors import ConfigError
-from loratune.trainer import TimeBudget, resolve_precision, stretch_schedule
+from loratune.trainer import EvalBatchFollowsTrain, TimeBudget, evaluate_fitting, resolve_precision, stretch_schedule
 from run_helpers import make_cfg
 
 
@@ -68,7 +69,7 @@ def test_completion_only_logits_give_the_models_own_loss(tmp_path, tiny_llama_di
     from loratune.tasks import get_task
     from loratune.trainer import CompletionLossTrainer
 
-    loaded = load_model(str(tiny_llama_dir))
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
     rows = [{"prompt": "short", "completion": "answer one"},
             {"prompt": "a much longer prompt than the other", "completion": "two"}]
     features, _ = tokenize_rows(rows, get_task("prompt-completion"), loaded.tokenizer, "causal", DataSettings())
@@ -128,3 +129,41 @@ def test_time_budget_shortens_a_run_that_slows_down():
 def test_time_budget_never_passes_the_configured_upper_bound():
     steps, seconds, _, _ = _budget_run(lambda n: 4.0 if n <= 6 else 0.5, upper=40)
     assert steps == 40 and seconds < 60
+
+
+class _OutOfMemoryAbove:
+    """A stand-in Trainer whose evaluation runs out of CUDA memory above `limit` rows per batch
+    (the error text is the one PyTorch's CUDA allocator raises)."""
+
+    def __init__(self, limit: int, start: int, auto: bool = True) -> None:
+        self.limit, self.tried = limit, []
+        self.args = types.SimpleNamespace(auto_find_batch_size=auto, per_device_eval_batch_size=start)
+
+    def evaluate(self) -> dict[str, float]:
+        size = self.args.per_device_eval_batch_size
+        self.tried.append(size)
+        if size > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.80 GiB")
+        return {"eval_loss": 1.0}
+
+
+def test_auto_batch_evaluation_shrinks_until_it_fits():
+    trainer = _OutOfMemoryAbove(limit=40, start=64)
+    assert evaluate_fitting(trainer) == {"eval_loss": 1.0}
+    assert trainer.tried == [64, 57, 51, 45, 40]  # accelerate's search: 10% smaller per failure
+    assert trainer.args.per_device_eval_batch_size == 40
+
+
+def test_fixed_batch_evaluation_lets_out_of_memory_through():
+    trainer = _OutOfMemoryAbove(limit=40, start=64, auto=False)
+    with pytest.raises(torch.OutOfMemoryError):
+        evaluate_fitting(trainer)
+    assert trainer.tried == [64]
+
+
+def test_eval_batch_follows_the_training_batch_auto_found():
+    args = types.SimpleNamespace(per_device_eval_batch_size=64)
+    EvalBatchFollowsTrain().on_train_begin(args, types.SimpleNamespace(train_batch_size=23), None)
+    assert args.per_device_eval_batch_size == 23
+    EvalBatchFollowsTrain().on_train_begin(args, types.SimpleNamespace(train_batch_size=None), None)
+    assert args.per_device_eval_batch_size == 23

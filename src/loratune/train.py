@@ -129,7 +129,9 @@ def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
     from datasets import Dataset  # the Trainer's length-grouped sampler reads lengths from a Dataset
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
-    from loratune.trainer import CompletionLossTrainer, LoratuneTrainer, MetricsLogger, SeededSampling
+    from loratune.trainer import (
+        CompletionLossTrainer, EvalBatchFollowsTrain, LoratuneTrainer, MetricsLogger, SeededSampling,
+    )
 
     cfg, tokenizer = plan.cfg, plan.model.tokenizer
     causal = plan.model.model_type == "causal"
@@ -152,7 +154,7 @@ def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
         eval_dataset=Dataset.from_list(plan.eval_features),
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[MetricsLogger(run_dir / rd.METRICS_LOG)],
+        callbacks=[MetricsLogger(run_dir / rd.METRICS_LOG), EvalBatchFollowsTrain()],
     )
 
 
@@ -249,6 +251,10 @@ def summarize(plan: RunPlan, trainer: Any, fitted: dict[str, Any], lines: dict[s
         "init_adapter": cfg.lora.init_adapter,
         "precision": plan.precision,
         "device": plan.device,
+        # The rows per step training ran with: the configured size, or what `auto` found to fit.
+        "batch_size": trainer.state.train_batch_size or trainer.args.per_device_train_batch_size,
+        "peak_gpu_memory_gb": (round(torch.cuda.max_memory_allocated() / 1e9, 2)
+                               if plan.device == "cuda" else None),
         "world_size": world_size,
         "resumed": plan.resume,
     }
@@ -262,7 +268,7 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
     from accelerate import PartialState
     from transformers import set_seed
 
-    from loratune.trainer import training_arguments
+    from loratune.trainer import evaluate_fitting, training_arguments
 
     plan = check_run(cfg, resume=resume, overwrite=overwrite)
     if cfg.train.num_threads:
@@ -299,7 +305,7 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
         if not resume:
             log("Eval loss before training...")
             started = time.perf_counter()
-            trainer.evaluate()  # logged at step 0 into metrics.jsonl
+            evaluate_fitting(trainer)  # logged at step 0 into metrics.jsonl
             eval_s = time.perf_counter() - started
             if state.num_processes > 1:
                 # evaluate() has accelerate mark the model as prepared (for evaluation), and train()
@@ -324,6 +330,11 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
                 f"eval loss {'n/a' if start is None else f'{start:.4f}'} -> {fitted['final_eval']:.4f}; "
                 f"adapter saved to {adapter_dir}"
             )
+            if cfg.train.batch_size == "auto" or summary["peak_gpu_memory_gb"] is not None:
+                log(f"batch size {summary['batch_size']} rows per step"
+                    + (" (train.batch_size: auto)" if cfg.train.batch_size == "auto" else "")
+                    + ("" if summary["peak_gpu_memory_gb"] is None
+                       else f"; peak GPU memory {summary['peak_gpu_memory_gb']:.2f} GB"))
     if math.isnan(fitted["final_eval"]):
         raise ConfigError("train.lr: the eval loss is NaN; lower the learning rate")
     return TrainResult(run_dir=run_dir, summary=summary)

@@ -233,6 +233,36 @@ class TimeBudget(TrainerCallback):
             control.should_evaluate = control.should_save = control.should_training_stop = True
 
 
+class EvalBatchFollowsTrain(TrainerCallback):
+    """With `train.batch_size: auto`, evaluate in batches of the size training found to fit.
+
+    The Trainer's `auto_find_batch_size` only searches the training batch (accelerate's
+    find_executable_batch_size: start high, shrink by 10% on each CUDA out-of-memory error); the
+    evaluations during training would still run at the starting size, and an eval batch holds the
+    full-vocabulary logits of every position, so it can fail where the training batch fits.
+    """
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.train_batch_size:
+            args.per_device_eval_batch_size = min(args.per_device_eval_batch_size, state.train_batch_size)
+
+
+def evaluate_fitting(trainer: Any) -> dict[str, float]:
+    """`trainer.evaluate()`, shrinking the eval batch on out-of-memory errors when the batch size is
+    `auto` (the same search the Trainer runs for the training batch); a plain call otherwise."""
+    args = trainer.args
+    if not args.auto_find_batch_size:
+        return trainer.evaluate()
+    from accelerate.utils import find_executable_batch_size
+
+    @find_executable_batch_size(starting_batch_size=args.per_device_eval_batch_size)
+    def evaluate(batch_size: int) -> dict[str, float]:
+        args.per_device_eval_batch_size = batch_size
+        return trainer.evaluate()
+
+    return evaluate()
+
+
 def resolve_precision(cfg: RunConfig, model_type: str, device: str) -> str:
     """`auto` -> bf16 where the hardware supports it (CPU included), else fp32. Never fp16 for T5."""
     from loratune.models import bf16_supported
