@@ -234,6 +234,7 @@ def main() -> None:
     from serve_helpers import BackgroundServer  # the tests' uvicorn-in-a-thread helper
 
     from loratune.serve.app import ServeSettings, create_app
+    from loratune.serve.cpu_threads import release_openmp_threads
     from loratune.serve.registry import open_registry
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -256,6 +257,9 @@ def main() -> None:
         lat, tok, wall, reference = sequential_baseline(registry, requests, args.max_tokens)
         rows.append(("sequential decoding (no server)", 1, lat, tok, wall, 1.0))
         gigabytes, bound = weight_read_bound(registry.model)
+        # `loratune serve` loads on the thread that starts the worker, which frees its CPU threads
+        # then (serve/cpu_threads.py); here the sequential rows above ran on this thread instead.
+        release_openmp_threads()
         app = create_app(registry, ServeSettings(max_batch_size=8, queue_size=64))
         with BackgroundServer(app) as server:
             run_clients(server.url, requests[:2], 2, 4)  # warm-up

@@ -18,6 +18,7 @@ import time
 from typing import Protocol
 
 from loratune.errors import QueueFull
+from loratune.serve.cpu_threads import release_openmp_threads
 from loratune.serve.jobs import Job
 
 
@@ -75,6 +76,9 @@ class Batcher:
 
     def start(self) -> None:
         if self._thread is None:
+            # The decode loop runs on the worker thread; free the CPU threads the starting thread
+            # holds so that the worker's are the only ones (serve/cpu_threads.py: 2x at batch 1).
+            release_openmp_threads()
             self._stopping = False
             self._thread = threading.Thread(target=self._loop, name="loratune-batcher", daemon=True)
             self._thread.start()

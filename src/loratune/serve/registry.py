@@ -22,6 +22,7 @@ import torch
 
 from loratune.errors import AdapterExists, LoratuneError, ServeError
 from loratune.generate import autocast_context, bf16_generation, cast_linear_weights
+from loratune.serve.cpu_threads import release_openmp_threads
 from loratune.serve.decode import run_to_end
 from loratune.serve.jobs import Job
 from loratune.serve.prompts import PromptProfile, base_profile, context_limit, profile_from_meta
@@ -191,6 +192,7 @@ class ModelRegistry:
                 name, adapter_dir, meta, profile_from_meta(meta, self.tokenizer, self.model_type), int(time.time())
             )
             self.adapters[name] = entry
+        release_openmp_threads()  # this thread's CPU threads go back to the decoding worker
         return entry
 
     def _forget_partial(self, name: str) -> None:
@@ -215,6 +217,7 @@ class ModelRegistry:
             else:
                 self.model.delete_adapter(name)
             del self.adapters[name]
+        release_openmp_threads()
 
     # ------------------------------------------------------------ generation
 
@@ -300,4 +303,5 @@ def open_registry(base: str | None, adapter_specs: list[str], *, max_context: in
     registry = ModelRegistry(load_model(base), max_context=max_context)
     for name, adapter_dir, _, _ in found:
         registry.load_adapter(name, adapter_dir)
+    release_openmp_threads()  # loading ran parallel kernels on this thread; decoding may run on another
     return registry
