@@ -8,9 +8,11 @@ max_new_tokens; only how the model computes differs:
             (where bf16 is native), so every matmul re-casts its weight at every decode step, and
             the LoRA side as an unmerged peft model (two extra small matmuls per adapted layer and
             token);
-  loratune  today's `generate.generate_texts` (bf16 copies of the Linear weights made once per
-            call where bf16 is native) with the adapter merged into the base weights, as
-            `evaluate.py` does.
+  static    the previous version (session 3): bf16 copies of the Linear weights made once per
+            call where bf16 is native, the adapter merged into the base weights, fixed batches
+            through `model.generate` (`generate._generate_static`);
+  loratune  today's `generate.generate_texts`: the same weights, decoded with continuous batching
+            (finished rows leave the batch, the next prompts join it), as `evaluate.py` does.
 
 Reports seconds per side, generated tokens/s (the cleaned answers re-tokenized, +1 for the stop
 token: the same count for both recipes, not the exact decode steps), the speed-up, and the share of answers that are
@@ -37,7 +39,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from loratune.data import eval_prompts, load_splits  # noqa: E402
 from loratune.evaluate import load_run_config  # noqa: E402
 from loratune.generate import (  # noqa: E402
-    autocast_context, clean_output, encode_batch, generate_texts, generation_kwargs,
+    _generate_static, autocast_context, clean_output, encode_batch, generate_texts, generation_kwargs,
+    generation_precision,
 )
 from loratune.models import bf16_supported, load_model  # noqa: E402
 from loratune.tasks import get_task  # noqa: E402
@@ -95,6 +98,11 @@ def main() -> None:
     def now(model: Any) -> list[str]:
         return generate_texts(model, tokenizer, model_type, prompts, settings, batch_size=batch, task_family=task.family)
 
+    def static(model: Any) -> list[str]:
+        with torch.inference_mode(), generation_precision(model):
+            return _generate_static(model.eval(), tokenizer, model_type, prompts, settings, batch, task.family,
+                                    None, None)
+
     def before(model: Any) -> list[str]:
         return generate_before(model, tokenizer, model_type, prompts, settings, batch, task.family)
 
@@ -102,11 +110,13 @@ def main() -> None:
     answers: dict[str, list[str]] = {}
     # Base side: the same model object for both recipes.
     answers["before/base"], results.setdefault("before", {})["base_s"] = timed(lambda: before(loaded.model))
+    answers["static/base"], results.setdefault("static", {})["base_s"] = timed(lambda: static(loaded.model))
     answers["loratune/base"], results.setdefault("loratune", {})["base_s"] = timed(lambda: now(loaded.model))
     # LoRA side: unmerged for `before`, then merged (as evaluate.py does) for loratune.
     peft_model = PeftModel.from_pretrained(loaded.model, str(run / "adapter"))
     answers["before/lora"], results["before"]["lora_s"] = timed(lambda: before(peft_model))
     merged = peft_model.merge_and_unload()
+    answers["static/lora"], results["static"]["lora_s"] = timed(lambda: static(merged))
     answers["loratune/lora"], results["loratune"]["lora_s"] = timed(lambda: now(merged))
 
     for name, r in results.items():
@@ -125,11 +135,15 @@ def main() -> None:
     for name, r in results.items():
         print(f"| {name} | {r['base_s']:.1f} | {r['lora_s']:.1f} | {r['total_s']:.1f} | {r['tokens_per_s']:.1f} | "
               f"{results['before']['total_s'] / r['total_s']:.2f}x |")
-    print(f"answers identical between the recipes: {same:.1%}")
+    static_same = sum(
+        a == b for side in ("base", "lora") for a, b in zip(answers[f"static/{side}"], answers[f"loratune/{side}"])
+    ) / (2 * len(prompts))
+    print(f"answers identical between before and loratune: {same:.1%}; between static and loratune: {static_same:.1%}")
     if args.json:
         print(json.dumps({"rows": len(prompts), "recipes": {n: {k: round(v, 2) for k, v in r.items()}
                                                             for n, r in results.items()},
-                          "speedup": round(speedup, 2), "answers_equal_fraction": round(same, 3)}))
+                          "speedup": round(speedup, 2), "answers_equal_fraction": round(same, 3),
+                          "answers_equal_fraction_vs_static": round(static_same, 3)}))
 
 
 if __name__ == "__main__":

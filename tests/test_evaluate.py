@@ -69,7 +69,7 @@ def test_eval_of_a_non_run(tmp_path):
 
 
 def test_a_killed_eval_keeps_its_answers_and_resumes(sql_run, tmp_path, monkeypatch):
-    """A crash after the first batch keeps that batch on disk; the next run generates only the
+    """A crash after the first answer keeps that answer on disk; the next run generates only the
     rest and ends with the answers an uninterrupted run gives."""
     import loratune.generate
 
@@ -78,13 +78,14 @@ def test_a_killed_eval_keeps_its_answers_and_resumes(sql_run, tmp_path, monkeypa
     real = loratune.generate.generate_texts
     calls = []
 
-    def crash_after_one_batch(model, tokenizer, kind, prompts, *args, **kwargs):
-        calls.append(list(prompts))
-        if len(calls) > 1:
-            raise KeyboardInterrupt  # as a kill would: nothing after the first batch
-        return real(model, tokenizer, kind, prompts, *args, **kwargs)
+    def crash_after_one_answer(model, tokenizer, kind, prompts, *args, on_answer, **kwargs):
+        def save_then_die(index, text):
+            on_answer(index, text)
+            raise KeyboardInterrupt  # as a kill would: nothing after the first answer
 
-    monkeypatch.setattr(loratune.generate, "generate_texts", crash_after_one_batch)
+        return real(model, tokenizer, kind, prompts, *args, on_answer=save_then_die, **kwargs)
+
+    monkeypatch.setattr(loratune.generate, "generate_texts", crash_after_one_answer)
     with pytest.raises(KeyboardInterrupt):
         evaluate_run(sql_run, output_dir=out_killed, overrides=["eval.batch_size=1"], log=lambda *_: None)
     kept = [json.loads(line) for line in (out_killed / "predictions.base.jsonl").read_text().splitlines()]

@@ -67,3 +67,56 @@ def test_bf16_weights_answer_as_plain_autocast(tiny_llama_dir, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(fast.logits, reference.logits, strict=True))
     assert {name: (p.data_ptr(), p.dtype) for name, p in model.named_parameters()} == before  # restored
     assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied
+
+
+def _sql_prompts(tokenizer, n):
+    questions = [f"question {i}: " + "how many rows " * (i % 5) for i in range(n)]
+    return [render_prompt(tokenizer, q, use_chat_template=True, system_prompt=None) for q in questions]
+
+
+@pytest.mark.parametrize("family", ["sql", "text"])
+def test_continuous_batching_answers_as_generate_one_by_one(tiny_llama_dir, monkeypatch, family):
+    # fp32, so other rows in the batch cannot move a logit by bf16 rounding: answers must be equal.
+    monkeypatch.setenv("LORATUNE_PRECISION", "fp32")
+    from loratune.generate import _generate_static, continuous_batching
+
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    prompts = _sql_prompts(loaded.tokenizer, 9)
+    settings = GenerationSettings(max_new_tokens=10)
+    assert continuous_batching("causal", settings) and not continuous_batching("seq2seq", settings)
+    seen = []
+    # batch 4 with 9 prompts: rows finish at different steps and later prompts join the running batch
+    got = generate_texts(loaded.model, loaded.tokenizer, "causal", prompts, settings, batch_size=4,
+                         task_family=family, on_answer=lambda i, text: seen.append((i, text)))
+    with torch.inference_mode():
+        one_by_one = _generate_static(loaded.model.eval(), loaded.tokenizer, "causal", prompts, settings, 1, family,
+                                      None, None)
+    assert got == one_by_one
+    assert sorted(seen) == sorted(enumerate(got))  # every answer reported once, with its index
+
+
+def test_static_batches_report_each_answer(tiny_llama_dir):
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    prompts = _sql_prompts(loaded.tokenizer, 5)
+    settings = GenerationSettings(max_new_tokens=6, num_beams=2)  # beams: `model.generate`, not the decode loop
+    seen = {}
+    got = generate_texts(loaded.model, loaded.tokenizer, "causal", prompts, settings, batch_size=2,
+                         on_answer=seen.__setitem__)
+    assert seen == dict(enumerate(got))
+
+
+def test_a_failing_forward_pass_fails_the_generation(tiny_llama_dir):
+    loaded = load_model(str(tiny_llama_dir), device="cpu")
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            raise RuntimeError("simulated out of memory")
+        return original(*args, **kwargs)
+
+    original = loaded.model.forward
+    loaded.model.forward = broken
+    with pytest.raises(RuntimeError, match="simulated out of memory"):
+        generate_texts(loaded.model, loaded.tokenizer, "causal", _sql_prompts(loaded.tokenizer, 4),
+                       GenerationSettings(max_new_tokens=20), batch_size=2)

@@ -109,20 +109,27 @@ def saved_answers(job: SideJob, prompts: list[str]) -> dict[int, str]:
     return kept
 
 
-def generate_side(job: SideJob, prompts: list[str], generate: Callable[[list[str]], list[str]], batch_size: int,
-                  log: Log) -> list[str]:
-    """Answers for every prompt, generating only those not saved yet, longest prompts first (similar
-    lengths share a batch, so little padding), appending each batch to disk as it completes."""
+Generate = Callable[[list[str], Callable[[int, str], None]], list[str]]
+"""generate(prompts, on_answer): answers in order, `on_answer(k, text)` called as the k-th is ready."""
+
+
+def generate_side(job: SideJob, prompts: list[str], generate: Generate, batch_size: int, log: Log) -> list[str]:
+    """Answers for every prompt, generating only those not saved yet and appending each answer to
+    disk as it is ready, so a crash or a kill loses the rows in flight, not the side."""
     answers = saved_answers(job, prompts)
-    pending = sorted((i for i in range(len(prompts)) if i not in answers), key=lambda i: -len(prompts[i]))
+    pending = [i for i in range(len(prompts)) if i not in answers]
     if answers:
         log(f"{job.side}: {len(answers)} answers kept from an earlier run in {job.path.name}; {len(pending)} to go")
-    for start in range(0, len(pending), batch_size):
-        chunk = pending[start : start + batch_size]
-        texts = generate([prompts[i] for i in chunk])
-        append_jsonl(job.path, [{"i": i, "key": job.key(prompts[i]), "text": t} for i, t in zip(chunk, texts)])
-        answers.update(zip(chunk, texts))
-        log(f"{job.side}: {len(answers)}/{len(prompts)} answers")
+
+    def save(k: int, text: str) -> None:
+        i = pending[k]
+        append_jsonl(job.path, [{"i": i, "key": job.key(prompts[i]), "text": text}])
+        answers[i] = text
+        if len(answers) % batch_size == 0 or len(answers) == len(prompts):
+            log(f"{job.side}: {len(answers)}/{len(prompts)} answers")
+
+    if pending:
+        generate([prompts[i] for i in pending], save)
     return [answers[i] for i in range(len(prompts))]
 
 
@@ -211,9 +218,10 @@ def _generate_both(cfg: RunConfig, info: Any, adapter_dir: Path, prompts: list[s
     loaded = load_model(cfg.model, info=info)
     batch = cfg.eval.batch_size
 
-    def generator(model: Any) -> Callable[[list[str]], list[str]]:
-        return lambda chunk: generate_texts(model, loaded.tokenizer, loaded.model_type, chunk, cfg.eval.generation,
-                                            batch_size=batch, task_family=task.family)
+    def generator(model: Any) -> Generate:
+        return lambda chunk, on_answer: generate_texts(model, loaded.tokenizer, loaded.model_type, chunk,
+                                                       cfg.eval.generation, batch_size=batch,
+                                                       task_family=task.family, on_answer=on_answer)
 
     base = generate_side(jobs["base"], prompts, generator(loaded.model), batch, log)
     # The adapter is folded into the weights for generation: the same function as the unmerged
