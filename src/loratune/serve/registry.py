@@ -24,6 +24,7 @@ from loratune.errors import AdapterExists, LoratuneError, ServeError
 from loratune.generate import autocast_context, bf16_generation, cast_linear_weights
 from loratune.serve.cpu_threads import release_openmp_threads
 from loratune.serve.decode import run_to_end
+from loratune.serve.mixed_lora import MixedLoraForward
 from loratune.serve.jobs import Job
 from loratune.serve.prompts import PromptProfile, base_profile, context_limit, profile_from_meta
 from loratune.serve.schemas import ADAPTER_NAME_PATTERN
@@ -125,6 +126,7 @@ class ModelRegistry:
         self.created = int(time.time())
         self.lock = threading.RLock()
         self._base_ids = _base_identities(loaded.source, loaded.path)
+        self._mixed = MixedLoraForward()
 
     # ------------------------------------------------------------ names
 
@@ -188,6 +190,7 @@ class ModelRegistry:
             self.model.eval()
             if self.bf16:
                 cast_linear_weights(self.model)  # the new adapter's LoRA layers
+            self._mixed.install(self.model)  # rows of several adapters in one batch (serve/mixed_lora.py)
             entry = AdapterEntry(
                 name, adapter_dir, meta, profile_from_meta(meta, self.tokenizer, self.model_type), int(time.time())
             )
