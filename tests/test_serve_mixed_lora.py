@@ -39,3 +39,18 @@ def test_mixed_rows_equal_each_row_alone(tiny_llama_dir):
         assert torch.allclose(ours[i], alone[i], atol=1e-5), rows[i]
     assert torch.allclose(ours, peft_mixed, atol=1e-5)
     assert not torch.allclose(alone[0], alone[2], atol=1e-3)  # the adapters do change the logits
+
+
+def test_a_batch_of_base_rows_is_the_base_model(tiny_llama_dir):
+    model = _two_adapters(tiny_llama_dir)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    mixed = MixedLoraForward()
+    mixed.install(model)
+    with torch.inference_mode():
+        with model.disable_adapter():
+            expected = model(input_ids=ids).logits
+        got = model(input_ids=ids, adapter_names=["__base__", "__base__"]).logits
+        model.set_adapter("sql")
+        adapted = model(input_ids=ids).logits
+    assert torch.equal(got, expected)
+    assert not torch.allclose(adapted, expected, atol=1e-3)

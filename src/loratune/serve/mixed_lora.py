@@ -29,6 +29,8 @@ class MixedLoraForward:
     def __init__(self) -> None:
         self._key: tuple | None = None
         self._masks: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._base_key: tuple | None = None
+        self._only_base = False
 
     def install(self, model: Any) -> int:
         """Route every plain LoRA Linear layer of `model` through this; returns how many."""
@@ -43,6 +45,12 @@ class MixedLoraForward:
                 module._mixed_batch_forward = functools.partial(self.forward, module, original)
                 count += 1
         return count
+
+    def only_base(self, rows: list[str]) -> bool:
+        key = tuple(rows)
+        if key != self._base_key:
+            self._base_key, self._only_base = key, all(row == "__base__" for row in rows)
+        return self._only_base
 
     @staticmethod
     def stacked(layer: Any) -> tuple[tuple, torch.Tensor, torch.Tensor] | None:
@@ -83,6 +91,10 @@ class MixedLoraForward:
                 **kwargs: Any) -> torch.Tensor:
         from peft.tuners.lora.layer import VARIANT_KWARG_KEYS
 
+        if self.only_base(adapter_names):  # base rows alone: peft's `disable_adapter` toggles every layer twice
+            for key in VARIANT_KWARG_KEYS:
+                kwargs.pop(key, None)
+            return layer.base_layer(x, *args, **kwargs)
         stacked = self.stacked(layer) if x.dim() == 3 and not layer.training else None
         if stacked is None:  # biases, DoRA, dropout in training: peft's own path
             return original(x, *args, adapter_names=adapter_names, **kwargs)
