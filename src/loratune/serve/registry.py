@@ -246,7 +246,8 @@ class ModelRegistry:
         mixed batching) activates it and runs the plain forward pass; several adapters, or base rows
         alone, go through `adapter_names` (`__base__` for no adapter), which `serve/mixed_lora.py`
         runs (base rows alone: the base layers only, without peft's `disable_adapter`, which toggles
-        every layer on entry and exit: 8 base rows 87 -> 68 ms per step).
+        every layer on entry and exit: a step of 8 base rows went from 1.27x to 0.86x the time of 8
+        rows on one adapter).
         """
         from peft import PeftModel
 
