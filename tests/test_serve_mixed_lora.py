@@ -54,3 +54,25 @@ def test_a_batch_of_base_rows_is_the_base_model(tiny_llama_dir):
         adapted = model(input_ids=ids).logits
     assert torch.equal(got, expected)
     assert not torch.allclose(adapted, expected, atol=1e-3)
+
+
+def test_an_adapter_loaded_again_under_its_name_is_stacked_from_its_new_weights(tiny_llama_dir):
+    model = _two_adapters(tiny_llama_dir)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    rows = ["sql", "fin"]
+    mixed = MixedLoraForward()
+    mixed.install(model)
+    with torch.inference_mode():
+        before = model(input_ids=ids, adapter_names=rows).logits  # stacks "sql" and "fin"
+    model.delete_adapter("sql")
+    torch.manual_seed(1)
+    model.add_adapter("sql", LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                        init_lora_weights=False))
+    mixed.install(model)  # what the registry does after every load
+    model.eval()
+    with torch.inference_mode():
+        got = model(input_ids=ids, adapter_names=rows).logits
+        model.set_adapter("sql")
+        alone = model(input_ids=ids[:1]).logits[0]
+    assert torch.allclose(got[0], alone, atol=1e-5)
+    assert not torch.allclose(got[0], before[0], atol=1e-3)

@@ -1,4 +1,4 @@
-"""Several LoRA adapters in one decode batch, in three small ops per adapter and layer.
+"""Several LoRA adapters in one decode batch, in two stacked matmuls per layer.
 
 peft runs a batch whose rows use different adapters (`adapter_names`) by sub-batching in every
 adapted layer: it gathers each adapter's rows, runs its LoRA on them and scatters the result back,
@@ -33,12 +33,16 @@ class MixedLoraForward:
         self._only_base = False
 
     def install(self, model: Any) -> int:
-        """Route every plain LoRA Linear layer of `model` through this; returns how many."""
+        """Route every plain LoRA Linear layer of `model` through this; returns how many newly routed.
+
+        Call after every adapter load: it also drops each layer's stacked weights, so an adapter
+        loaded again under a name it had before is stacked from its new weights."""
         from peft.tuners.lora.layer import Linear
 
         count = 0
         for module in model.modules():
             if type(module) is Linear:  # quantized and other subclasses keep peft's own path
+                module.__dict__.pop("_loratune_stacked", None)
                 original = module._mixed_batch_forward
                 if getattr(original, "func", None) == self.forward:
                     continue  # installed when an earlier adapter was loaded
