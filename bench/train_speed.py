@@ -12,7 +12,11 @@ Recipes (each trains the same rows once, in one process, one after the other):
             reset to the library's defaults.
 
 Useful tokens are the non-padding tokens a recipe trained on. MFU = useful tokens/s x FLOP per
-useful token / matmul peak of the precision the recipe computed in.
+useful token / matmul peak of the precision the recipe computed in. Each recipe is also reported
+after its first step (`tokens_per_s_after_first_step`): the first step pays one-time costs, most
+of all the compiling of `train.compile` (`--compile true`, or `auto` from 150 steps), so the
+whole-run figure depends on the run's length and the after-first-step one is the pace a longer
+run keeps.
 
 Peak: the best of short bursts of 2048 x 2048 matmuls (fp32, and bf16 where native), measured
 before, between and after the recipes; `peak_gflops` is the median of those measurements, so on
@@ -34,7 +38,7 @@ multiply-add; T = a row's length, A = its answer tokens, d = hidden size, V = vo
 Norms, activations, rotary embeddings and the optimizer are left out (a few % of the FLOPs).
 The figure is averaged over the bench's rows (sum over rows / useful tokens).
 
-    .venv/bin/python bench/train_speed.py [--steps 4] [--batch-size 8] [--json]
+    .venv/bin/python bench/train_speed.py [--steps 4] [--batch-size 8] [--compile auto|true|false] [--json]
 """
 
 from __future__ import annotations
@@ -112,6 +116,7 @@ def flop_per_token(cfg: RunConfig, features: list[dict]) -> float:
 
     from loratune.lora import default_target_modules
     from loratune.models import resolve_source
+    from loratune.trainer import PaceClock
 
     config = AutoConfig.from_pretrained(resolve_source(cfg.model).path)
     with torch.device("meta"):
@@ -157,7 +162,8 @@ def run_loratune_path(config: str, overrides: list[str]) -> dict[str, Any]:
     """One run through loratune's own `train_run`: useful tokens/s and precision from its summary."""
     summary = train_run(load_config(config, overrides), log=lambda *_: None).summary
     return {"tokens_per_s": summary["tokens_per_s"], "precision": summary["precision"],
-            "steps": summary["steps"], "tokens": summary["train_tokens"]}
+            "steps": summary["steps"], "tokens": summary["train_tokens"], "compiled": summary["compiled"],
+            "tokens_per_s_after_first_step": summary["tokens_per_s_after_first_step"]}
 
 
 def run_plain_hf(cfg: RunConfig, features: list[dict], batch_size: int, out: str) -> dict[str, Any]:
@@ -168,6 +174,7 @@ def run_plain_hf(cfg: RunConfig, features: list[dict], batch_size: int, out: str
 
     from loratune.lora import default_target_modules
     from loratune.models import resolve_source
+    from loratune.trainer import PaceClock
 
     path = resolve_source(cfg.model).path
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -180,8 +187,10 @@ def run_plain_hf(cfg: RunConfig, features: list[dict], batch_size: int, out: str
     args = TrainingArguments(
         output_dir=out, per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=cfg.train.lr,
         bf16=bf16, use_cpu=DEVICE == "cpu", report_to=[], save_strategy="no", logging_steps=steps, seed=cfg.train.seed,
+        include_num_input_tokens_seen="non_padding",
     )
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(features),
+    clock = PaceClock()  # only reads the clock at each step's end
+    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(features), callbacks=[clock],
                       data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100))
     started = time.perf_counter()
     trainer.train()
@@ -189,7 +198,8 @@ def run_plain_hf(cfg: RunConfig, features: list[dict], batch_size: int, out: str
     # One epoch over every row (max_steps = ceil(rows / batch size)): useful tokens are all rows' lengths.
     tokens = sum(len(f["input_ids"]) for f in features)
     return {"tokens_per_s": round(tokens / wall, 1), "precision": "bf16" if bf16 else "fp32",
-            "steps": steps, "tokens": tokens}
+            "steps": steps, "tokens": tokens, "compiled": False,
+            "tokens_per_s_after_first_step": clock.tokens_per_s_after_first_step()}
 
 
 # ---------------------------------------------------------------- main
@@ -202,6 +212,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--peak-seconds", type=float, default=1.5, help="seconds per peak measurement")
     parser.add_argument("--recipes", default="original,plain_hf,loratune")
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                        help="train.compile of the loratune recipe (auto: on from 150 steps; see compilation.py)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every recipe, e.g. --set model=/path/to/model")
@@ -227,11 +239,12 @@ def main() -> None:
         "original": lambda: run_loratune_path(args.config, common + [
             "name=original", "lora.dropout=0.05", "train.pad_to_max_length=true", "train.group_by_length=false",
             "train.completion_only_logits=false", f"train.weights_dtype={weights}", f"train.precision={weights}",
+            "train.compile=false",
         ]),
         "plain_hf": lambda: run_plain_hf(cfg, features, args.batch_size, out + "/plain_hf"),
         "loratune": lambda: run_loratune_path(args.config, common + [
             "name=loratune", f"lora.dropout={defaults_lora.dropout}",
-            f"train.weights_dtype={defaults_train.weights_dtype}",
+            f"train.weights_dtype={defaults_train.weights_dtype}", f"train.compile={args.compile}",
         ]),
     }
     results: dict[str, dict[str, Any]] = {}
@@ -242,6 +255,8 @@ def main() -> None:
     peak = peaks.gflops()
     for r in results.values():
         r["mfu"] = round(r["tokens_per_s"] * fpt / (peak[r["precision"]] * 1e9), 3)
+        after = r["tokens_per_s_after_first_step"]
+        r["mfu_after_first_step"] = round(after * fpt / (peak[r["precision"]] * 1e9), 3) if after else None
 
     print(f"\nModel {cfg.model}, task {cfg.task}, {rows} rows ({len(features)} after length limits), "
           f"native bf16: {bf16}, device {torch.cuda.get_device_name() if DEVICE == 'cuda' else 'cpu'}, "
@@ -249,14 +264,19 @@ def main() -> None:
     print(f"matmul peak ({PEAK_SIZE}²): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak.items())
           + f"; {fpt / 1e9:.3f} GFLOP per useful token\n")
     base = results.get("plain_hf") or next(iter(results.values()))
-    print("| recipe | precision | steps | useful tokens | useful tok/s | MFU | vs plain_hf |")
-    print("|---|---|---|---|---|---|---|")
+    print("| recipe | precision | compiled | steps | useful tokens | useful tok/s | MFU | vs plain_hf "
+          "| after the first step: tok/s | MFU | vs plain_hf |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['precision']} | {r['steps']} | {r['tokens']:,} | {r['tokens_per_s']:.1f} | "
-              f"{r['mfu']:.3f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x |")
+        after, base_after = r["tokens_per_s_after_first_step"], base["tokens_per_s_after_first_step"]
+        print(f"| {name} | {r['precision']} | {r['compiled']} | {r['steps']} | {r['tokens']:,} | {r['tokens_per_s']:.1f} | "
+              f"{r['mfu']:.3f} | {r['tokens_per_s'] / base['tokens_per_s']:.2f}x | "
+              + (f"{after:.1f} | {r['mfu_after_first_step']:.3f} | "
+                 + (f"{after / base_after:.2f}x |" if base_after else "- |") if after else "- | - | - |"))
     if args.json:
+        keys = ("tokens_per_s", "precision", "mfu", "compiled", "tokens_per_s_after_first_step", "mfu_after_first_step")
         report = {"peak_gflops": peak, "flop_per_token": round(fpt),
-                  "recipes": {n: {k: r[k] for k in ("tokens_per_s", "precision", "mfu")} for n, r in results.items()}}
+                  "recipes": {n: {k: r[k] for k in keys} for n, r in results.items()}}
         print(json.dumps(report))
 
 

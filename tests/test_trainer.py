@@ -167,3 +167,36 @@ def test_eval_batch_follows_the_training_batch_auto_found():
     assert args.per_device_eval_batch_size == 23
     EvalBatchFollowsTrain().on_train_begin(args, types.SimpleNamespace(train_batch_size=None), None)
     assert args.per_device_eval_batch_size == 23
+
+
+@pytest.mark.parametrize("completion_only", [True, False])
+def test_every_causal_training_step_picks_its_attention(tmp_path, tiny_llama_dir, monkeypatch, completion_only):
+    """Both causal Trainers choose the attention per batch width (eager for short CPU batches).
+    The completion-loss Trainer once defined its own compute_loss, which shadowed the choice."""
+    import loratune.models as models
+    from loratune.train import train_run
+
+    chosen = []
+    real = models.use_attention_for
+
+    def spy(model, device, width):
+        real(model, device, width)
+        chosen.append((width, model.config._attn_implementation))
+
+    monkeypatch.setattr(models, "use_attention_for", spy)
+    cfg = make_cfg(tmp_path, tiny_llama_dir, max_steps=4, eval_steps=100, completion_only_logits=completion_only)
+    train_run(cfg, log=lambda *_: None)
+    assert len(chosen) >= 4  # every training step (and the evaluations' loss passes)
+    assert all(impl == "eager" for width, impl in chosen if width <= models.EAGER_ATTENTION_MAX_TOKENS)
+
+
+def test_time_budget_is_not_misled_by_a_step_that_compiles_again():
+    # train.compile: the first step compiles (40 s), the third compiles again for wider batches
+    # (35 s), then 1 s per step. The pace leaves that step out, so one refit (after the 35 s were
+    # spent) fixes the length; with it in the mean (18 s per step at step 3) the run was cut to a
+    # fraction of its length, then lengthened again refit after refit.
+    steps, seconds, messages, last_lr = _budget_run(lambda n: {1: 40.0, 3: 35.0}.get(n, 1.0), minutes=3.0)
+    assert messages[0] == "train.max_minutes=3: 1.00s per step -> 141 steps"  # fitted at step 2 (slow start)
+    assert messages[1:] == ["train.max_minutes: slower than measured (1.00s per step) -> 107 steps"]
+    assert 0.95 * 180 <= seconds <= 180 and steps == 107
+    assert last_lr == pytest.approx(0.0, abs=1e-9)

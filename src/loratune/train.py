@@ -3,7 +3,7 @@
 ```
 check   config, run directory, data files and columns, token lengths, model source, init adapter
         (about a second; nothing loaded, nothing written)
-load    model weights, LoRA layers
+load    model weights, LoRA layers, compiled decoder layers (train.compile)
 fit     transformers' Trainer, with callbacks that record as they go (metrics.jsonl, checkpoints)
 record  adapter, loratune.json, run_summary.json
 ```
@@ -65,6 +65,7 @@ class RunPlan:
 
 def check_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) -> RunPlan:
     """Every check that needs no model weights, in the order a user fixes things; writes nothing."""
+    from loratune.compilation import check_compile_possible
     from loratune.data import load_splits, tokenize_rows
     from loratune.lora import resolve_adapter_dir
     from loratune.models import inspect_model
@@ -78,6 +79,7 @@ def check_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) 
     model = inspect_model(cfg.model)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     precision = resolve_precision(cfg, model.model_type, device)
+    check_compile_possible(cfg, device)
     train_features, train_stats = tokenize_rows(train_rows, task, model.tokenizer, model.model_type, cfg.data)
     eval_features, eval_stats = tokenize_rows(eval_rows, task, model.tokenizer, model.model_type, cfg.data)
     if not train_features:
@@ -121,6 +123,19 @@ def load_lora_model(plan: RunPlan, log: Log) -> tuple[Any, dict[str, str]]:
     return model, lines
 
 
+def compile_for_training(plan: RunPlan, model: Any, world_size: int, log: Log) -> bool:
+    """`train.compile`: compile the decoder layers where it pays (loratune/compilation.py)."""
+    from loratune.compilation import compile_decision, compile_layers
+
+    on, why = compile_decision(plan.cfg, model_type=plan.model.model_type, device=plan.device,
+                               train_rows=len(plan.train_features), world_size=world_size)
+    if on:
+        n = compile_layers(model, fall_back=plan.cfg.train.compile == "auto")
+        why += f"; {n} layers compiled on the first step (slower step: compiling)"
+    log(why)
+    return on
+
+
 # ---------------------------------------------------------------- fit
 
 
@@ -129,8 +144,9 @@ def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
     from datasets import Dataset  # the Trainer's length-grouped sampler reads lengths from a Dataset
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
+    from loratune.compilation import EagerEvaluation
     from loratune.trainer import (
-        CompletionLossTrainer, EvalBatchFollowsTrain, LoratuneTrainer, MetricsLogger, SeededSampling,
+        CompletionLossTrainer, EvalBatchFollowsTrain, LoratuneTrainer, MetricsLogger, PaceClock, SeededSampling,
     )
 
     cfg, tokenizer = plan.cfg, plan.model.tokenizer
@@ -144,7 +160,7 @@ def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
         max_length=pad_length if cfg.train.pad_to_max_length else None,
     )
     if not causal:
-        trainer_cls = type("LoratuneSeq2SeqTrainer", (SeededSampling, Seq2SeqTrainer), {})
+        trainer_cls = type("LoratuneSeq2SeqTrainer", (EagerEvaluation, SeededSampling, Seq2SeqTrainer), {})
     else:
         trainer_cls = CompletionLossTrainer if cfg.train.completion_only_logits else LoratuneTrainer
     return trainer_cls(
@@ -154,7 +170,7 @@ def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
         eval_dataset=Dataset.from_list(plan.eval_features),
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[MetricsLogger(run_dir / rd.METRICS_LOG), EvalBatchFollowsTrain()],
+        callbacks=[MetricsLogger(run_dir / rd.METRICS_LOG), EvalBatchFollowsTrain(), PaceClock()],
     )
 
 
@@ -229,8 +245,11 @@ def _eval_loss_start(run_dir: Path) -> float | None:
 
 
 def summarize(plan: RunPlan, trainer: Any, fitted: dict[str, Any], lines: dict[str, str], run_dir: Path,
-              world_size: int) -> dict[str, Any]:
+              world_size: int, compiled: bool = False) -> dict[str, Any]:
+    from loratune.trainer import PaceClock
+
     cfg, wall = plan.cfg, fitted["wall"]
+    clock = next((c for c in trainer.callback_handler.callbacks if isinstance(c, PaceClock)), None)
     tokens = int(trainer.state.num_input_tokens_seen or 0)
     return {
         "model": cfg.model,
@@ -245,6 +264,10 @@ def summarize(plan: RunPlan, trainer: Any, fitted: dict[str, Any], lines: dict[s
         "wall_time_s": round(wall, 1),
         "train_tokens": tokens,
         "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+        "compiled": compiled,
+        # The first step pays one-time costs (compiling, with train.compile); the pace after it:
+        "first_step_s": clock.first_step_s() if clock else None,
+        "tokens_per_s_after_first_step": clock.tokens_per_s_after_first_step() if clock else None,
         "eval_loss_start": _eval_loss_start(run_dir),
         "eval_loss_end": fitted["final_eval"],
         "train_loss": fitted["output"].training_loss,
@@ -268,6 +291,7 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
     from accelerate import PartialState
     from transformers import set_seed
 
+    from loratune.compilation import uncompile_layers
     from loratune.trainer import evaluate_fitting, training_arguments
 
     plan = check_run(cfg, resume=resume, overwrite=overwrite)
@@ -297,6 +321,7 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
                 log(f"eval loss on the first {len(plan.eval_features)} held-out rows (train.eval_loss_rows)")
         set_seed(cfg.train.seed)
         model, lines = load_lora_model(plan, log)
+        compiled = compile_for_training(plan, model, state.num_processes, log)
         args = training_arguments(cfg, run_dir, plan.precision, plan.device, plan.model.model_type)
         if resume and cfg.train.max_minutes and fitted_steps:
             args.max_steps = int(fitted_steps)  # the budget was fitted before the kill; keep that schedule
@@ -320,7 +345,9 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
             trainer.add_callback(TimeBudget(cfg.train.max_minutes, warmup_ratio=cfg.train.warmup_ratio,
                                             eval_s=eval_s or 0.0, log=log))
         fitted = fit(trainer, plan, run_dir, log, is_main=is_main)
-        summary = summarize(plan, trainer, fitted, lines, run_dir, state.num_processes)
+        if compiled:
+            uncompile_layers(model)
+        summary = summarize(plan, trainer, fitted, lines, run_dir, state.num_processes, compiled)
         if is_main:
             adapter_dir = save_adapter(plan, model, run_dir)
             write_json(run_dir / rd.SUMMARY, summary)

@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import math
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,7 @@ from typing import Any, Callable
 import torch
 from transformers import Trainer, TrainerCallback
 
+from loratune.compilation import EagerEvaluation
 from loratune.config import RunConfig
 from loratune.errors import ConfigError
 from loratune.records import append_jsonl
@@ -78,12 +80,12 @@ class WidthAttention:
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
-class LoratuneTrainer(WidthAttention, SeededSampling, Trainer):
+class LoratuneTrainer(EagerEvaluation, WidthAttention, SeededSampling, Trainer):
     """transformers' Trainer with seeded length-grouped sampling and per-batch attention."""
 
 
-class CompletionLossTrainer(WidthAttention, SeededSampling, Trainer):
-    """Trainer for causal LMs that projects to the vocabulary only where the loss needs it.
+class CompletionLoss:
+    """Mixed into the causal Trainer: project to the vocabulary only where the loss needs it.
 
     Rows are a prompt (labels -100) followed by the answer, and most tokens are prompt. The
     vocabulary projection (49k x 576 for SmolLM2) is a fifth of the model's compute and its
@@ -115,6 +117,12 @@ class CompletionLossTrainer(WidthAttention, SeededSampling, Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+class CompletionLossTrainer(EagerEvaluation, WidthAttention, CompletionLoss, SeededSampling, Trainer):
+    """The causal Trainer: completion-only logits, per-batch attention, seeded length grouping.
+    Mixins, not methods of this class, so each `compute_loss` runs and hands on with `super()`
+    (a method defined here would shadow WidthAttention's)."""
+
+
 class MetricsLogger(TrainerCallback):
     """Appends every Trainer log to `metrics.jsonl` as it happens, with `elapsed_s` (seconds since
     training began), so plots, reports and accuracy-against-minutes survive a killed run."""
@@ -133,6 +141,32 @@ class MetricsLogger(TrainerCallback):
         if logs and state.is_world_process_zero:
             elapsed = round(time.perf_counter() - self.started, 2)
             self.write({"step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "elapsed_s": elapsed, **logs})
+
+
+class PaceClock(TrainerCallback):
+    """The first step's seconds and the pace after it: the first step pays the one-time costs
+    (allocations, kernel choice, and with `train.compile` the compiling), the rest is the pace
+    a longer run keeps. Read by `train.summarize` and bench/train_speed.py."""
+
+    def __init__(self) -> None:
+        self.started = self.first_end = self.last_end = None
+        self.first_tokens = self.tokens = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started, self.first_end = time.perf_counter(), None
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.last_end, self.tokens = time.perf_counter(), int(state.num_input_tokens_seen or 0)
+        if self.first_end is None:
+            self.first_end, self.first_tokens = self.last_end, self.tokens
+
+    def first_step_s(self) -> float | None:
+        return None if self.first_end is None else round(self.first_end - self.started, 2)
+
+    def tokens_per_s_after_first_step(self) -> float | None:
+        if self.first_end is None or self.last_end is None or self.last_end <= self.first_end:
+            return None
+        return round((self.tokens - self.first_tokens) / (self.last_end - self.first_end), 1)
 
 
 def stretch_schedule(scheduler: Any, total_steps: int, warmup_steps: int) -> bool:
@@ -162,7 +196,7 @@ class TimeBudget(TrainerCallback):
     saves there) from the pace so far plus one evaluation per `eval_steps`. The first steps are not
     the typical ones (length grouping puts the longest batch first; kernels warm up), and
     evaluations, checkpoints and a machine that slows down are only seen as the run goes, so every
-    twentieth of the way the pace since the first step (all of it included) is checked again, and
+    twentieth of the way the pace since the first step (`pace`) is checked again, and
     the length refitted when the run would overshoot the budget or leave more than 3% of it unused
     (up to the upper bound). The schedule is stretched each time, so the cosine still ends whole.
     """
@@ -176,13 +210,26 @@ class TimeBudget(TrainerCallback):
         self.calibrate_steps = calibrate_steps
         self.clock = clock
         self.started = clock()
-        self.after_first: float | None = None
+        self.last_step_end: float | None = None
+        self.durations: list[float] = []
         self.fitted_steps: int | None = None
         self.upper_steps: int | None = None
         self.checked_at = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started = self.clock()
+
+    def pace(self) -> float | None:
+        """Seconds per step after the first: the mean step, leaving out steps over 8x the median.
+        Those are one-time costs, not the pace: with `train.compile` a later step can compile
+        again (another attention kernel for wider batches: ~40 s against ~1.5 s per step), and
+        counting it in the mean made the first fit several times too short. Evaluations (a few
+        steps' time) stay in."""
+        if not self.durations:
+            return None
+        typical = statistics.median(self.durations)
+        kept = [d for d in self.durations if d <= 8 * typical]
+        return sum(kept) / len(kept)
 
     def _fit(self, state: Any, steps: int, scheduler: Any) -> bool:
         self.fitted_steps = state.max_steps = steps
@@ -192,11 +239,12 @@ class TimeBudget(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         now = self.clock()
         step = state.global_step
-        if step == 1:  # the first step pays one-time costs (allocations, kernels); time from its end
-            self.after_first = now
+        if self.last_step_end is not None:  # the first step pays one-time costs: time from its end
+            self.durations.append(now - self.last_step_end)
+        self.last_step_end = now
         elapsed = now - self.started
         left = self.budget_s - elapsed - self.eval_s  # keep one evaluation for the end
-        pace = (now - self.after_first) / (step - 1) if self.after_first is not None and step > 1 else None
+        pace = self.pace()
         # Fit after `calibrate_steps`, or sooner when steps are slow (5% of the budget spent), so a
         # slow model does not run a large part of its budget on the provisional schedule.
         calibrated = step >= min(self.calibrate_steps, state.max_steps) or (step >= 2 and elapsed > 0.05 * self.budget_s)

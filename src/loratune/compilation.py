@@ -1,0 +1,149 @@
+"""`train.compile`: torch.compile each decoder layer for training, and only where it pays.
+
+Why: on a CPU a training step of a small model is mostly not matmuls. A profile of SmolLM2-135M
+under bf16 autocast (bench/train_levers.py) spends ~40% of the step in elementwise work between
+them (RMSNorm, rotary, SiLU, LoRA scaling, autocast's casts), one small kernel at a time.
+Inductor fuses those ops; loratune's step then runs at ~1.6x (bench/train_speed.py).
+
+Why per layer ("regional" compilation) and not the whole model: every decoder layer runs the same
+code, so one compiled graph serves all of them and compiling costs one layer's worth (~45 s on a
+2-core CPU, cold), against ~335 s for the whole model (30 layers unrolled into one graph) for the
+same speed. Two conditions keep it at one graph: no KV cache in training (`use_cache=False`; with a
+cache each layer guards on its own cache slot and recompiles, and after 8 recompiles torch falls
+back to uncompiled code), and evaluation during training runs uncompiled (`EagerEvaluation`), as
+eval mode would need graphs of its own for a few seconds of forward passes.
+
+`auto` compiles where it was measured to pay: causal models on CPU, in one process, without
+gradient checkpointing, in runs long enough to win back the compile time (`AUTO_MIN_MINUTES` of
+budget, or `AUTO_MIN_STEPS` steps). Compiled code is cached on disk by torch (inductor's cache), so
+a second run of the same model compiles faster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import torch
+
+AUTO_MIN_MINUTES = 3.0
+"""`auto` compiles a time-budgeted run of at least this many minutes: at ~1.6x per step, the ~45 s of
+a cold compile are won back after about two minutes of training."""
+AUTO_MIN_STEPS = 150
+"""...or a run of at least this many optimizer steps (SmolLM2-135M, 8 rows: ~1 s per step on 2 cores)."""
+
+
+def planned_steps(cfg: Any, train_rows: int, world_size: int = 1) -> int | None:
+    """Optimizer steps the config asks for (`max_steps`, else epochs over the rows); None if unknown."""
+    t = cfg.train
+    if t.max_steps and t.max_steps > 0:
+        return t.max_steps
+    if t.batch_size == "auto":
+        return None
+    per_step = t.batch_size * t.grad_accum * world_size
+    return math.ceil(math.ceil(train_rows / per_step) * t.epochs)
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler inductor builds CPU kernels with (g++, clang++ or $CXX), or None."""
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        return get_cpp_compiler()
+    except Exception:  # torch raises a plain RuntimeError (or worse) when it finds none
+        return None
+
+
+def check_compile_possible(cfg: Any, device: str) -> None:
+    """`train.compile: true` on a CPU without a C++ compiler fails at the first step, minutes in;
+    fail before loading instead. (`auto` just stays off there.)"""
+    from loratune.errors import ConfigError
+
+    if cfg.train.compile is True and device == "cpu" and cpp_compiler() is None:
+        raise ConfigError("train.compile: true needs a C++ compiler on CPU (torch's inductor builds its "
+                          "kernels with g++ or clang++, or $CXX); install one or set train.compile: auto")
+
+
+def compile_decision(cfg: Any, *, model_type: str, device: str, train_rows: int, world_size: int = 1) -> tuple[bool, str]:
+    """Whether to compile this run's decoder layers, and why (one line for the log)."""
+    setting = cfg.train.compile
+    if setting is True:
+        return True, "train.compile: true"
+    if setting is False:
+        return False, "train.compile: false"
+    blockers = [
+        (device != "cpu", f"device {device} (measured on CPU only)"),
+        (model_type != "causal", f"{model_type} model (measured on causal models only)"),
+        (world_size > 1, f"{world_size} processes"),
+        (cfg.train.gradient_checkpointing, "train.gradient_checkpointing"),
+        (device == "cpu" and cpp_compiler() is None, "no C++ compiler found (inductor builds CPU kernels with one)"),
+    ]
+    for blocked, why in blockers:
+        if blocked:
+            return False, f"train.compile: auto -> off: {why}"
+    minutes = cfg.train.max_minutes
+    steps = planned_steps(cfg, train_rows, world_size)
+    if minutes is not None:
+        long_enough = minutes >= AUTO_MIN_MINUTES
+        size = f"train.max_minutes={minutes:g} ({'>=' if long_enough else '<'} {AUTO_MIN_MINUTES:g})"
+    else:
+        long_enough = steps is not None and steps >= AUTO_MIN_STEPS
+        size = f"{steps} steps ({'>=' if long_enough else '<'} {AUTO_MIN_STEPS})"
+    return long_enough, f"train.compile: auto -> {'on' if long_enough else 'off'}: {size}"
+
+
+def decoder_layers(model: Any) -> list[torch.nn.Module]:
+    """The model's repeated blocks (decoder layers; T5's encoder and decoder blocks)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def compile_layers(model: Any, *, fall_back: bool = False) -> int:
+    """Compile each decoder layer in place (parameter names unchanged, so saving is unaffected).
+
+    `dynamic=True`: batches differ in width and rows; one graph with symbolic sizes serves them all.
+    `fall_back` (for `auto`): a layer that fails to compile runs uncompiled instead of failing the
+    run (torch's `suppress_errors`). Returns how many layers were compiled.
+    """
+    layers = decoder_layers(model)
+    if not layers:
+        raise ValueError(f"train.compile: found no decoder layers in {type(model).__name__}")
+    if fall_back:
+        import torch._dynamo
+
+        torch._dynamo.config.suppress_errors = True
+    set_use_cache(model, False)
+    for layer in layers:
+        layer.compile(dynamic=True)
+    return len(layers)
+
+
+def uncompile_layers(model: Any) -> None:
+    """Back to plain modules (after training: generation must not trigger compilation)."""
+    for layer in decoder_layers(model):
+        layer._compiled_call_impl = None  # what nn.Module.compile set; None restores the plain call
+    set_use_cache(model, True)
+
+
+def is_compiled(module: torch.nn.Module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def set_use_cache(model: Any, value: bool) -> None:
+    """Training needs no KV cache: building one costs a little, and under compilation it would
+    make every layer recompile (see the module docstring)."""
+    config = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
+    if config is not None and hasattr(config, "use_cache"):
+        config.use_cache = value
+
+
+class EagerEvaluation:
+    """Mixed into the Trainers: evaluation runs the layers uncompiled (no eval-mode graphs to
+    compile for a few forward passes); training keeps its compiled layers."""
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6
+        with set_stance("force_eager") if set_stance else contextlib.nullcontext():
+            return super().evaluate(*args, **kwargs)

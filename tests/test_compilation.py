@@ -1,0 +1,123 @@
+"""train.compile: the decision, and that compiled layers train to the same numbers as plain ones."""
+
+import json
+
+import pytest
+import torch
+
+from run_helpers import make_cfg
+from loratune.compilation import compile_decision, compile_layers, decoder_layers, is_compiled, uncompile_layers
+from loratune.config import config_from_dict
+from loratune.errors import ConfigError
+from loratune.train import train_run
+
+
+def cfg_with(**train):
+    return config_from_dict({"name": "r", "model": "m", "task": "prompt-completion",
+                             "data": {"train": "t.jsonl"}, "train": train})
+
+
+@pytest.mark.parametrize("train, kw, on, words", [
+    ({"max_minutes": 6}, {}, True, "train.max_minutes=6 (>= 3)"),
+    ({"max_minutes": 2}, {}, False, "train.max_minutes=2 (< 3)"),
+    ({"max_steps": 200}, {}, True, "200 steps (>= 150)"),
+    ({"epochs": 2, "batch_size": 8}, {"train_rows": 400}, False, "100 steps (< 150)"),
+    ({"epochs": 3, "batch_size": 8}, {"train_rows": 400}, True, "150 steps (>= 150)"),
+    ({"max_minutes": 6}, {"device": "cuda"}, False, "device cuda"),
+    ({"max_minutes": 6}, {"model_type": "seq2seq"}, False, "seq2seq model"),
+    ({"max_minutes": 6}, {"world_size": 2}, False, "2 processes"),
+    ({"max_minutes": 6, "gradient_checkpointing": True}, {}, False, "train.gradient_checkpointing"),
+    ({"compile": True}, {"device": "cuda"}, True, "train.compile: true"),
+    ({"compile": False, "max_minutes": 60}, {}, False, "train.compile: false"),
+])
+def test_auto_compiles_long_causal_cpu_runs_only(train, kw, on, words):
+    args = {"model_type": "causal", "device": "cpu", "train_rows": 1000, "world_size": 1, **kw}
+    decided, why = compile_decision(cfg_with(**train), **args)
+    assert decided is on
+    assert words in why
+
+
+def test_compile_setting_is_validated_by_key():
+    with pytest.raises(ConfigError, match="train.compile"):
+        cfg_with(compile="yes")
+
+
+def test_layers_compile_in_place_and_uncompile(tiny_llama_dir):
+    from loratune.models import load_model
+
+    model = load_model(str(tiny_llama_dir), device="cpu").model
+    names = [n for n, _ in model.named_parameters()]
+    assert compile_layers(model) == 2 and all(is_compiled(m) for m in decoder_layers(model))
+    assert model.config.use_cache is False
+    assert [n for n, _ in model.named_parameters()] == names  # saving sees the same names
+    uncompile_layers(model)
+    assert not any(is_compiled(m) for m in decoder_layers(model)) and model.config.use_cache is True
+
+
+def test_compiled_training_matches_plain_training(tmp_path, tiny_llama_dir, monkeypatch):
+    """Same seed, same rows: the compiled run's losses and adapter equal the plain run's within
+    float tolerance (fp32 here; under bf16 fusion changes roundings, so only closeness is asked)."""
+    from safetensors.torch import load_file
+
+    # The inductor cache would let a later run skip compiling; a fresh one makes this run compile.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    runs = {}
+    for compiled in (False, True):
+        cfg = make_cfg(tmp_path, tiny_llama_dir, name=f"c{compiled}", max_steps=8, compile=compiled,
+                       eval_steps=4, precision="fp32")
+        messages = []
+        result = train_run(cfg, log=messages.append)
+        assert result.summary["compiled"] is compiled
+        assert any(f"train.compile: {str(compiled).lower()}" in m for m in messages)
+        records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+        runs[compiled] = ([r["loss"] for r in records if "loss" in r],
+                          [r["eval_loss"] for r in records if "eval_loss" in r],
+                          load_file(result.run_dir / "adapter" / "adapter_model.safetensors"))
+    (plain_loss, plain_eval, plain_w), (comp_loss, comp_eval, comp_w) = runs[False], runs[True]
+    assert len(comp_loss) == len(plain_loss) >= 1 and len(comp_eval) == len(plain_eval) == 3
+    assert comp_loss == pytest.approx(plain_loss, rel=1e-4)
+    assert comp_eval == pytest.approx(plain_eval, rel=1e-4)
+    assert comp_w.keys() == plain_w.keys()
+    for key in plain_w:
+        torch.testing.assert_close(comp_w[key], plain_w[key], rtol=1e-3, atol=1e-5)
+    # training changed the adapter (so equality above is not two untouched initialisations)
+    assert any(float(plain_w[k].abs().max()) > 0 for k in plain_w if "lora_B" in k)
+
+
+def test_one_graph_serves_every_layer_and_width(tiny_llama_dir, tmp_path, monkeypatch):
+    """The point of compiling per layer: 5 layers x 3 batch widths compile 2 graphs (the first
+    layer, whose input needs no gradient, and the rest), not one per layer. A KV cache in training
+    makes each layer guard on its own cache slot: 5 graphs, and past 8 torch gives up compiling."""
+    import torch._dynamo.utils as dynamo_utils
+    from transformers import AutoConfig, LlamaForCausalLM
+
+    from loratune.config import LoraSettings
+    from loratune.lora import apply_lora
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    config = AutoConfig.from_pretrained(tiny_llama_dir)
+    config.num_hidden_layers = 5
+    torch.manual_seed(0)
+    model = apply_lora(LlamaForCausalLM(config), "causal", LoraSettings(r=4, alpha=8, dropout=0.0)).train()
+    torch._dynamo.reset()
+    dynamo_utils.counters.clear()
+    assert compile_layers(model) == 5
+    for width in (7, 11, 5):
+        ids = torch.randint(0, config.vocab_size, (3, width))
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == 2
+    uncompile_layers(model)
+
+
+def test_without_a_cpp_compiler_auto_stays_off_and_true_fails_before_loading(tmp_path, tiny_llama_dir, monkeypatch):
+    import loratune.compilation as compilation
+    import loratune.models as models
+
+    monkeypatch.setattr(compilation, "cpp_compiler", lambda: None)
+    on, why = compile_decision(cfg_with(max_minutes=10), model_type="causal", device="cpu", train_rows=100)
+    assert not on and "no C++ compiler" in why
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("loaded weights before the check"))
+    cfg = make_cfg(tmp_path, tiny_llama_dir, compile=True)
+    with pytest.raises(ConfigError, match=r"train.compile: true needs a C\+\+ compiler"):
+        train_run(cfg, log=lambda *_: None)
+    assert not (tmp_path / "runs" / "run").exists()
