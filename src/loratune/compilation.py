@@ -77,7 +77,6 @@ def compile_decision(cfg: Any, *, model_type: str, device: str, train_rows: int,
         (model_type != "causal", f"{model_type} model (measured on causal models only)"),
         (world_size > 1, f"{world_size} processes"),
         (cfg.train.gradient_checkpointing, "train.gradient_checkpointing"),
-        (device == "cpu" and cpp_compiler() is None, "no C++ compiler found (inductor builds CPU kernels with one)"),
     ]
     for blocked, why in blockers:
         if blocked:
@@ -90,6 +89,8 @@ def compile_decision(cfg: Any, *, model_type: str, device: str, train_rows: int,
     else:
         long_enough = steps is not None and steps >= AUTO_MIN_STEPS
         size = f"{steps} steps ({'>=' if long_enough else '<'} {AUTO_MIN_STEPS})"
+    if long_enough and cpp_compiler() is None:  # last: finding it imports inductor (~1 s)
+        return False, "train.compile: auto -> off: no C++ compiler found (inductor builds CPU kernels with one)"
     return long_enough, f"train.compile: auto -> {'on' if long_enough else 'off'}: {size}"
 
 
