@@ -114,12 +114,13 @@ def sequential_logits(registry: Any, name: str, prompt: list[int], answer: list[
     the registry's model in its serving precision: row i scores the choice of `answer[i]`, and one
     more row scores what follows the answer."""
     with registry.lock, registry.forward_for([name]) as (model, extra):
+        device = model.get_input_embeddings().weight.device  # the served model may be on a GPU
         if registry.model_type == "causal":
-            logits = model(input_ids=torch.tensor([prompt + answer]), **extra).logits[0].float()
-            return logits[len(prompt) - 1 : len(prompt) + len(answer)]
+            logits = model(input_ids=torch.tensor([prompt + answer], device=device), **extra).logits[0].float()
+            return logits[len(prompt) - 1 : len(prompt) + len(answer)].cpu()
         decoder = [model.config.decoder_start_token_id, *answer]
-        return model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([decoder]),
-                     **extra).logits[0].float()
+        return model(input_ids=torch.tensor([prompt], device=device),
+                     decoder_input_ids=torch.tensor([decoder], device=device), **extra).logits[0].float().cpu()
 
 
 def agrees_up_to_bf16_ties(got: list[int], expected: list[int], logits: torch.Tensor, eos_id: int,

