@@ -44,7 +44,6 @@ The figure is averaged over the bench's rows (sum over rows / useful tokens).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import statistics
 import sys
@@ -116,7 +115,6 @@ def flop_per_token(cfg: RunConfig, features: list[dict]) -> float:
 
     from loratune.lora import default_target_modules
     from loratune.models import resolve_source
-    from loratune.trainer import PaceClock
 
     config = AutoConfig.from_pretrained(resolve_source(cfg.model).path)
     with torch.device("meta"):

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from run_helpers import make_cfg
-from loratune.errors import AdapterError, ConfigError, DataError, RunDirError
+from loratune.errors import AdapterError, DataError, RunDirError
 from loratune.train import train_run
 
 def train_losses(run_dir):
@@ -53,7 +53,6 @@ def adapter_logits(model_dir, adapter_dir, kind_inputs):
 
 
 def test_saved_adapter_reloads_identically_and_continuing_changes_it(tmp_path, tiny_llama_dir):
-    from peft import PeftModel
     from safetensors.torch import load_file
 
     cfg = make_cfg(tmp_path, tiny_llama_dir, name="first", max_steps=10)
