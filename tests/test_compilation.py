@@ -122,3 +122,27 @@ def test_without_a_cpp_compiler_auto_stays_off_and_true_fails_before_loading(tmp
     with pytest.raises(ConfigError, match=r"train.compile: true needs a C\+\+ compiler"):
         train_run(cfg, log=lambda *_: None)
     assert not (tmp_path / "runs" / "run").exists()
+
+
+def test_a_budgeted_compiled_run_fits_after_three_timed_steps(tmp_path, tiny_llama_dir, monkeypatch):
+    """train.max_minutes with compiling: the time budget waits for three timed steps before an
+    early fit (a second compiling step would otherwise set the pace); uncompiled runs need one."""
+    import loratune.trainer as trainer_module
+
+    seen = {}
+
+    class Recording(trainer_module.TimeBudget):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            seen[cfg.name] = self.early_fit_after
+
+    import loratune.train as train_module
+
+    monkeypatch.setattr(trainer_module, "TimeBudget", Recording)
+    # What is checked is the wiring, so the decision stands in for compiling (tested above).
+    monkeypatch.setattr(train_module, "compile_for_training", lambda plan, *a: plan.cfg.train.compile)
+    for compiled in (True, False):
+        cfg = make_cfg(tmp_path, tiny_llama_dir, name=f"b{compiled}", max_steps=3, max_minutes=0.5,
+                       compile=compiled, eval_steps=100, precision="fp32")
+        assert train_run(cfg, log=lambda *_: None).summary["compiled"] is compiled
+    assert seen == {"bTrue": 3, "bFalse": 1}

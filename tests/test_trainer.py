@@ -85,7 +85,7 @@ def test_completion_only_logits_give_the_models_own_loss(tmp_path, tiny_llama_di
     assert torch.allclose(summed, expected / 2, atol=1e-5)
 
 
-def _budget_run(step_seconds, *, minutes=1.0, upper=1000):
+def _budget_run(step_seconds, *, minutes=1.0, upper=1000, early_fit_after=1):
     """Drive a TimeBudget through a run whose n-th step takes step_seconds(n) on a fake clock;
     returns the step the run stopped at, the clock then, and the budget's messages."""
     from types import SimpleNamespace
@@ -94,7 +94,8 @@ def _budget_run(step_seconds, *, minutes=1.0, upper=1000):
 
     clock = [0.0]
     messages = []
-    budget = TimeBudget(minutes, warmup_ratio=0.0, eval_s=0.0, log=messages.append, clock=lambda: clock[0])
+    budget = TimeBudget(minutes, warmup_ratio=0.0, eval_s=0.0, log=messages.append, clock=lambda: clock[0],
+                        early_fit_after=early_fit_after)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=upper)
     state = SimpleNamespace(global_step=0, max_steps=upper, eval_steps=None)
@@ -199,4 +200,17 @@ def test_time_budget_is_not_misled_by_a_step_that_compiles_again():
     assert messages[0] == "train.max_minutes=3: 1.00s per step -> 141 steps"  # fitted at step 2 (slow start)
     assert messages[1:] == ["train.max_minutes: slower than measured (1.00s per step) -> 107 steps"]
     assert 0.95 * 180 <= seconds <= 180 and steps == 107
+    assert last_lr == pytest.approx(0.0, abs=1e-9)
+
+
+def test_compiled_run_fits_its_budget_after_three_timed_steps():
+    # A cold demo (6 minutes): the first step compiled for 46 s, the second for 33.5 s (SDPA for a
+    # wider batch), then ~1.9 s per step. Fitted on the second step alone, the run was cut to 10
+    # steps (LR schedule and all) until a refit; a compiled run waits for three timed steps.
+    seconds = lambda n: {1: 46.0, 2: 33.5}.get(n, 1.9)  # noqa: E731
+    steps, _, plain, _ = _budget_run(seconds, minutes=6.0)
+    assert plain[0] == "train.max_minutes=6: 33.50s per step -> 10 steps"
+    steps, elapsed, compiled, last_lr = _budget_run(seconds, minutes=6.0, early_fit_after=3)
+    assert compiled == ["train.max_minutes=6: 1.90s per step -> 149 steps"]  # one fit, no refit
+    assert 0.95 * 360 <= elapsed <= 360 and steps == 149
     assert last_lr == pytest.approx(0.0, abs=1e-9)

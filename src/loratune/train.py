@@ -343,7 +343,7 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
             from loratune.trainer import TimeBudget
 
             trainer.add_callback(TimeBudget(cfg.train.max_minutes, warmup_ratio=cfg.train.warmup_ratio,
-                                            eval_s=eval_s or 0.0, log=log))
+                                            eval_s=eval_s or 0.0, log=log, early_fit_after=3 if compiled else 1))
         fitted = fit(trainer, plan, run_dir, log, is_main=is_main)
         if compiled:
             uncompile_layers(model)

@@ -202,8 +202,12 @@ class TimeBudget(TrainerCallback):
     """
 
     def __init__(self, minutes: float, *, warmup_ratio: float, eval_s: float, log: Log, calibrate_steps: int = 6,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 early_fit_after: int = 1, clock: Callable[[], float] = time.perf_counter) -> None:
+        """`early_fit_after`: timed steps (after the first) a fit before `calibrate_steps` needs.
+        Compiled runs pass 3: their second step can compile too (a cold demo: 46 s, 33 s, then
+        ~2 s per step), and only the median of three durations sees past it."""
         self.budget_s = minutes * 60.0
+        self.early_fit_after = early_fit_after
         self.warmup_ratio = warmup_ratio
         self.eval_s = eval_s
         self.log = log
@@ -247,7 +251,8 @@ class TimeBudget(TrainerCallback):
         pace = self.pace()
         # Fit after `calibrate_steps`, or sooner when steps are slow (5% of the budget spent), so a
         # slow model does not run a large part of its budget on the provisional schedule.
-        calibrated = step >= min(self.calibrate_steps, state.max_steps) or (step >= 2 and elapsed > 0.05 * self.budget_s)
+        calibrated = step >= min(self.calibrate_steps, state.max_steps) or (
+            len(self.durations) >= self.early_fit_after and elapsed > 0.05 * self.budget_s)
         if self.fitted_steps is None and pace is not None and calibrated:
             self.upper_steps = state.max_steps
             eval_every = state.eval_steps if args.eval_strategy == "steps" and state.eval_steps else None
