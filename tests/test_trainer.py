@@ -182,13 +182,16 @@ def test_every_causal_training_step_picks_its_attention(tmp_path, tiny_llama_dir
 
     def spy(model, device, width):
         real(model, device, width)
-        chosen.append((width, model.config._attn_implementation))
+        chosen.append((device, width, model.config._attn_implementation))
 
     monkeypatch.setattr(models, "use_attention_for", spy)
     cfg = make_cfg(tmp_path, tiny_llama_dir, max_steps=4, eval_steps=100, completion_only_logits=completion_only)
     train_run(cfg, log=lambda *_: None)
     assert len(chosen) >= 4  # every training step (and the evaluations' loss passes)
-    assert all(impl == "eager" for width, impl in chosen if width <= models.EAGER_ATTENTION_MAX_TOKENS)
+    # The choice itself (eager for short batches on CPU only; a GPU keeps SDPA) applied every time.
+    assert all(impl == models.attention_for(device, width) for device, width, impl in chosen)
+    if all(str(device).startswith("cpu") for device, _, _ in chosen):
+        assert all(impl == "eager" for _, width, impl in chosen if width <= models.EAGER_ATTENTION_MAX_TOKENS)
 
 
 def test_time_budget_is_not_misled_by_a_step_that_compiles_again():
