@@ -79,8 +79,11 @@ def test_compiled_training_matches_plain_training(tmp_path, tiny_llama_dir, monk
     assert comp_loss == pytest.approx(plain_loss, rel=1e-4)
     assert comp_eval == pytest.approx(plain_eval, rel=1e-4)
     assert comp_w.keys() == plain_w.keys()
+    # atol 1e-4: Adam divides each gradient by its own running scale, so a rounding difference in a
+    # near-zero gradient (the fused loss's order of operations differs in the last bits between the
+    # compiled and the eager graph) moves that weight by up to ~5e-5 over eight steps.
     for key in plain_w:
-        torch.testing.assert_close(comp_w[key], plain_w[key], rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(comp_w[key], plain_w[key], rtol=1e-3, atol=1e-4)
     # training changed the adapter (so equality above is not two untouched initialisations)
     assert any(float(plain_w[k].abs().max()) > 0 for k in plain_w if "lora_B" in k)
 

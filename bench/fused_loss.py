@@ -1,0 +1,85 @@
+"""The chunked vocabulary cross-entropy (`loratune.loss`) against the plain one, alternated per step.
+
+Trains SmolLM2-135M as loratune's default training does (LoRA r16 on every projection, dropout 0,
+decoder layers compiled, eager attention for short batches, bf16 autocast where native) and runs
+each batch twice, once with each loss, in alternating order, so the machine's drift hits both
+alike. Prints useful tokens/s and minor page faults per step for each, and the ratio. Like
+train_levers.py (whose model and batches it reuses) it runs with OMP_WAIT_POLICY=PASSIVE, which
+slows both sides alike (README: 0.78x for training), so compare the ratio, not the tokens/s.
+
+    .venv/bin/python bench/fused_loss.py [--steps 40] [--json]
+    LORATUNE_PRECISION=fp32 .venv/bin/python bench/fused_loss.py      # the path of a CPU without bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import train_levers as levers  # noqa: E402
+from loratune.compilation import compile_layers, set_use_cache  # noqa: E402
+from loratune.loss import completion_loss_sum  # noqa: E402
+from loratune.models import bf16_supported, use_attention_for  # noqa: E402
+
+WARMUP = 3  # steps left out of the figures (compiling, first shapes)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40, help="batches, each trained once per loss")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "text2sql-smollm2.yaml"))
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    args = parser.parse_args()
+    bf16 = bf16_supported("cpu")
+    features, cfg = levers.load_features(args.config, 256)
+    m = levers.Model(cfg.model, "fp32", None, True, "bf16" if bf16 else "fp32")
+    variant = levers.Variant(dropout=0.0, prepared=True, attn="eager")
+    m.configure(variant)
+    batches = levers.batches(features, variant)
+    compile_layers(m.model)
+    set_use_cache(m.model, False)
+
+    def step(i: int, fused: bool) -> int:
+        batch = levers.collate(features, batches[i % len(batches)], m.pad_id)
+        use_attention_for(m.model, "cpu", batch["input_ids"].shape[1])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, _, answer_tokens = completion_loss_sum(m.model, batch, m.model if fused else None)
+        (loss / answer_tokens).backward()
+        m.opt.step()
+        m.opt.zero_grad(set_to_none=True)
+        return int(batch["attention_mask"].sum())
+
+    totals = {name: {"s": 0.0, "tokens": 0, "faults": 0} for name in ("plain", "fused")}
+    for i in range(args.steps):
+        for name in ("plain", "fused") if i % 2 == 0 else ("fused", "plain"):
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            started = time.perf_counter()
+            tokens = step(i, name == "fused")
+            if i >= WARMUP:
+                totals[name]["s"] += time.perf_counter() - started
+                totals[name]["tokens"] += tokens
+                totals[name]["faults"] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    counted = args.steps - WARMUP
+    report = {"precision": "bf16" if bf16 else "fp32", "steps": counted}
+    for name, t in totals.items():
+        report[name] = {"tokens_per_s": round(t["tokens"] / t["s"], 1), "minor_faults_per_step": round(t["faults"] / counted)}
+        print(f"{name:6s} {report[name]['tokens_per_s']:8.1f} useful tok/s  "
+              f"{report[name]['minor_faults_per_step']:8d} minor page faults per step")
+    report["ratio"] = round(report["fused"]["tokens_per_s"] / report["plain"]["tokens_per_s"], 3)
+    print(f"fused / plain: {report['ratio']:.3f}x ({report['precision']}, {counted} steps each after {WARMUP})")
+    if args.json:
+        print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
