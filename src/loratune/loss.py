@@ -10,8 +10,9 @@ memory from the kernel, zeroed page by page on first touch, on every step.
 `vocab_cross_entropy` takes the hidden states of the answer positions only and projects them a
 chunk of rows at a time (each chunk's logits stay under 16 MB), computing each chunk's gradient
 with respect to the hidden states in the forward pass, as Liger-Kernel's fused linear
-cross-entropy does on GPUs: the backward is then one multiplication. Same FLOPs, same dtypes as the
-plain path (the projection in the autocast dtype, the softmax in fp32), no logits kept.
+cross-entropy does on GPUs: the backward is then one multiplication. No more FLOPs than the plain
+path (fewer: answer positions only), the same dtypes (the projection in the autocast dtype, the
+softmax in fp32), no logits kept.
 
 It needs a frozen, bias-free output projection applied to the hidden states as they are
 (`fused_loss_supported`); other models keep the plain path.
