@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from loratune.config import LoraSettings, load_config  # noqa: E402
 from loratune.data import load_splits, tokenize_rows  # noqa: E402
 from loratune.lora import apply_lora, prepare_for_precision  # noqa: E402
+from loratune.loss import completion_loss_sum  # noqa: E402
 from loratune.models import bf16_supported, load_model  # noqa: E402
 from loratune.tasks import get_task  # noqa: E402
 
@@ -133,16 +134,9 @@ def collate(features: list[dict], index: list[int], pad_id: int) -> dict[str, to
 
 
 def completion_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    labels = batch["labels"]
-    targets = labels[:, 1:]
-    first = int((targets != -100).any(dim=0).nonzero()[0])
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                logits_to_keep=labels.shape[1] - first)
-    logits = out.logits[:, :-1].float()
-    tgt = labels[:, first + 1 :]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
-    return loss / (tgt != -100).sum()
+    """loratune's plain completion loss (logits from the first answer position on), per answer token."""
+    loss, _, answer_tokens = completion_loss_sum(model, batch)
+    return loss / answer_tokens
 
 
 class Model:
