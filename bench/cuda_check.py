@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from loratune.loss import CHUNK_ELEMENTS, DEVICE_CHUNK_ELEMENTS
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "text2sql-smollm2.yaml"
 # Run one config through the CLI in this process's Python, optionally under a cap on CUDA memory:
@@ -48,6 +50,62 @@ def random_model(shape: Path, out: Path) -> Path:
     return out
 
 
+def fused_loss_check(model_dir: Path, device: str = "cuda", batch: int = 16, width: int = 256,
+                     answer: int = 96, repeats: int = 5, chunks: tuple[int, ...] = (DEVICE_CHUNK_ELEMENTS,)) -> dict:
+    """The chunked vocabulary loss (loratune/loss.py) against the plain one on one LoRA model, under
+    bf16 autocast as the Trainer runs it: loss, adapter gradients, peak memory and time per step,
+    for each chunk size in `chunks` (elements of fp32 logits projected at a time)."""
+    from loratune.config import LoraSettings
+    from loratune.lora import apply_lora
+    import loratune.loss as loss_module
+    from loratune.loss import completion_loss_sum, fused_loss_supported
+    from loratune.models import load_model
+
+    torch.manual_seed(0)
+    model = apply_lora(load_model(str(model_dir), device=device).model, "causal",
+                       LoraSettings(r=16, alpha=32, dropout=0.0))
+    for name, param in model.named_parameters():  # B starts at zero: give every adapter a gradient
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.02)
+    assert fused_loss_supported(model)
+    ids = torch.randint(0, model.config.vocab_size, (batch, width), device=device)
+    labels = ids.clone()
+    labels[:, :width - answer] = -100
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    params = [p for p in model.parameters() if p.requires_grad]
+    result = {}
+    variants = [("plain", None, None)] + [(f"fused_{c // 2**20}M", model, c) for c in chunks]
+    times = {name: [] for name, _, _ in variants}
+    peak = {}
+    # Round-robin over the variants, repeat after repeat, so the host's drift (a launch-bound
+    # 135M model on a GPU waits on the CPU) hits all of them alike; the median is reported.
+    for _ in range(repeats):
+        for name, fuse, chunk in variants:
+            loss_module.DEVICE_CHUNK_ELEMENTS = loss_module.CHUNK_ELEMENTS = chunk or CHUNK_ELEMENTS
+            if device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            started = time.perf_counter()
+            with torch.autocast(device, dtype=torch.bfloat16):
+                loss, _, tokens = completion_loss_sum(model, inputs, fuse_head_of=fuse,
+                                                      dtype=torch.bfloat16 if fuse is not None else None)
+            grads = torch.autograd.grad(loss / tokens, params)
+            if device == "cuda":
+                torch.cuda.synchronize()
+                peak[name] = torch.cuda.max_memory_allocated() / 1e9
+            times[name].append(time.perf_counter() - started)
+            result[name] = {"loss": float(loss.detach() / tokens), "grads": grads}
+    loss_module.CHUNK_ELEMENTS, loss_module.DEVICE_CHUNK_ELEMENTS = CHUNK_ELEMENTS, DEVICE_CHUNK_ELEMENTS
+    plain = result["plain"]
+    worst = {k: max(float((f - p).norm() / p.norm().clamp_min(1e-12)) for f, p in zip(r["grads"], plain["grads"]))
+             for k, r in result.items() if k != "plain"}
+    return {"rows_x_tokens": [batch, width], "answer_tokens": batch * answer,
+            "loss": {k: round(r["loss"], 5) for k, r in result.items()},
+            "worst_grad_rel_diff": worst,
+            "step_ms": {k: round(1000 * sorted(t)[len(t) // 2], 2) for k, t in times.items()},
+            "peak_gb": {k: round(g, 3) for k, g in peak.items()}}
+
+
 def run(name: str, sets: list[str], log: Path, fraction: float = 1.0) -> dict:
     """`loratune run` with the demo config and `sets`; returns its summaries (training + eval)."""
     command = [sys.executable, "-c", CAPPED, str(fraction), "run", str(CONFIG), "--overwrite",
@@ -71,12 +129,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--only", default="", help="comma-separated run names (default: all)")
+    parser.add_argument("--fused-loss", action="store_true",
+                        help="only compare the chunked vocabulary loss with the plain one on the GPU")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         sys.exit("bench/cuda_check.py: no CUDA device here")
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "cuda_runs.log"
     model = random_model(args.shape, Path("/tmp/smollm2-random"))
+    if args.fused_loss:
+        for batch, answer in ((16, 96), (64, 130)):
+            print(json.dumps(fused_loss_check(model, batch=batch, answer=answer, repeats=15, chunks=(2**22, 2**26))))
+        return
     common = [f"model={model}", "train.max_minutes=null", f"train.max_steps={args.steps}"]
     runs = {
         # bf16 on the GPU, auto batch on a card with room to spare.
