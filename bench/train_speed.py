@@ -38,6 +38,10 @@ multiply-add; T = a row's length, A = its answer tokens, d = hidden size, V = vo
 Norms, activations, rotary embeddings and the optimizer are left out (a few % of the FLOPs).
 The figure is averaged over the bench's rows (sum over rows / useful tokens).
 
+`gemm_only_mfu`: the MFU of the step's matmuls alone (those the formula counts, at the model's own
+shapes for a batch of mean-length rows, timed back to back with nothing between them): what a
+recipe would reach if everything else took no time, so no recipe's MFU can pass it.
+
     .venv/bin/python bench/train_speed.py [--steps 4] [--batch-size 8] [--compile auto|true|false] [--json]
 """
 
@@ -138,6 +142,77 @@ def flop_per_token(cfg: RunConfig, features: list[dict]) -> float:
         attention += 3 * 2 * 2 * attn_width * t * (t + 1) / 2 * layers
     total = (4 * frozen + 6 * lora) * tokens + attention + 4 * config.hidden_size * config.vocab_size * answer
     return total / tokens
+
+
+def gemm_only_mfu(cfg: RunConfig, features: list[dict], batch_size: int, dtype: torch.dtype,
+                  peak_gflops: float, repeats: int = 5) -> float:
+    """The MFU a training step would reach if it did nothing but its matmuls, at the model's own
+    shapes for a batch of `batch_size` mean-length rows: an upper bound no implementation passes.
+
+    Times, per decoder layer, every matmul of the FLOP formula above (the frozen projections'
+    forward and activation gradient, LoRA's six skinny matmuls per projection, attention's batched
+    matmuls: QK^T and PV forward, two each backward) of one layer, times the layers, plus the
+    vocabulary projection of the answer tokens (forward and activation gradient); their FLOPs (as
+    `flop_per_token` counts them) over that time over the peak."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from loratune.compilation import decoder_layers
+    from loratune.lora import default_target_modules
+    from loratune.models import resolve_source
+
+    config = AutoConfig.from_pretrained(resolve_source(cfg.model).path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    layer = decoder_layers(model)[0]
+    targets = cfg.lora.target_modules or default_target_modules(model)
+    width = round(statistics.mean(len(row["input_ids"]) for row in features))
+    answer = round(statistics.mean(sum(1 for x in row["labels"] if x != -100) for row in features))
+    tokens, r = batch_size * width, cfg.lora.r
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+
+    def t(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, device=DEVICE).to(dtype)
+
+    work = []  # (a, b, flops) per matmul of one layer; a @ b
+    for name, module in layer.named_modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        i, o = module.in_features, module.out_features
+        # weights laid out as nn.Linear's (out, in), used as F.linear uses them
+        weight = t(o, i)
+        work += [(t(tokens, i), weight.t(), 2 * tokens * i * o), (t(tokens, o), weight, 2 * tokens * i * o)]
+        if targets == "all-linear" or name.split(".")[-1] in targets:
+            x, u, dy, lora_a, lora_b = t(tokens, i), t(tokens, r), t(tokens, o), t(r, i), t(o, r)
+            work += [(x, lora_a.t(), 2 * tokens * i * r), (u, lora_b.t(), 2 * tokens * r * o),  # forward
+                     (dy, lora_b, 2 * tokens * r * o), (u, lora_a, 2 * tokens * r * i),  # input gradient
+                     (dy.t(), u, 2 * tokens * r * o), (u.t(), x, 2 * tokens * r * i)]  # B, A gradients
+    q, k = t(batch_size * heads, width, head_dim), t(batch_size * heads, head_dim, width)
+    scores = t(batch_size * heads, width, width)
+    causal = 2 * batch_size * heads * width * (width + 1) / 2 * head_dim  # the formula's causal half
+    work += [(q, k, causal), (scores, q, causal)] * 3  # QK^T and PV, forward and backward x 2
+    vocab_rows = batch_size * answer
+    embedding = t(config.vocab_size, config.hidden_size)  # the (tied) head, (vocabulary, hidden)
+    head = [(t(vocab_rows, config.hidden_size), embedding.t(),
+             2 * vocab_rows * config.hidden_size * config.vocab_size),
+            (t(vocab_rows, config.vocab_size), embedding,
+             2 * vocab_rows * config.hidden_size * config.vocab_size)]
+
+    def seconds(items: list) -> float:
+        best = float("inf")
+        for _ in range(repeats):
+            _sync()
+            started = time.perf_counter()
+            for a, b, _ in items:
+                a @ b
+            _sync()
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    seconds(work + head)  # first calls: oneDNN picks its kernels
+    total_s = config.num_hidden_layers * seconds(work) + seconds(head)
+    total_flops = config.num_hidden_layers * sum(f for _, _, f in work) + sum(f for _, _, f in head)
+    return total_flops / total_s / 1e9 / peak_gflops
 
 
 def bench_features(cfg: RunConfig) -> list[dict]:
@@ -251,6 +326,9 @@ def main() -> None:
         results[name] = recipes[name]()
         peaks.measure()
     peak = peaks.gflops()
+    ceiling = {p: round(gemm_only_mfu(cfg, features, args.batch_size,
+                                      torch.bfloat16 if p == "bf16" else torch.float32, g), 3)
+               for p, g in peak.items()}
     for r in results.values():
         r["mfu"] = round(r["tokens_per_s"] * fpt / (peak[r["precision"]] * 1e9), 3)
         after = r["tokens_per_s_after_first_step"]
@@ -260,7 +338,9 @@ def main() -> None:
           f"native bf16: {bf16}, device {torch.cuda.get_device_name() if DEVICE == 'cuda' else 'cpu'}, "
           f"threads {torch.get_num_threads()}")
     print(f"matmul peak ({PEAK_SIZE}²): " + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peak.items())
-          + f"; {fpt / 1e9:.3f} GFLOP per useful token\n")
+          + f"; {fpt / 1e9:.3f} GFLOP per useful token")
+    print("MFU of the step's matmuls alone, at the model's shapes (a bound on any recipe's MFU): "
+          + ", ".join(f"{p} {c:.3f}" for p, c in ceiling.items()) + "\n")
     base = results.get("plain_hf") or next(iter(results.values()))
     print("| recipe | precision | compiled | steps | useful tokens | useful tok/s | MFU | vs plain_hf "
           "| after the first step: tok/s | MFU | vs plain_hf |")
@@ -273,7 +353,7 @@ def main() -> None:
                  + (f"{after / base_after:.2f}x |" if base_after else "- |") if after else "- | - | - |"))
     if args.json:
         keys = ("tokens_per_s", "precision", "mfu", "compiled", "tokens_per_s_after_first_step", "mfu_after_first_step")
-        report = {"peak_gflops": peak, "flop_per_token": round(fpt),
+        report = {"peak_gflops": peak, "flop_per_token": round(fpt), "gemm_only_mfu": ceiling,
                   "recipes": {n: {k: r[k] for k in keys} for n, r in results.items()}}
         print(json.dumps(report))
 

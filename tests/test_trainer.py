@@ -180,8 +180,9 @@ def test_every_causal_training_step_picks_its_attention(tmp_path, tiny_llama_dir
     chosen = []
     real = models.use_attention_for
 
-    def spy(model, device, width):
-        real(model, device, width)
+    def spy(model, device, width, fixed=None):
+        assert fixed is None  # uncompiled: the choice is per batch
+        real(model, device, width, fixed)
         chosen.append((device, width, model.config._attn_implementation))
 
     monkeypatch.setattr(models, "use_attention_for", spy)

@@ -262,9 +262,10 @@ def attention_for(device: str, width: int) -> str:
     return "eager" if torch.device(device).type == "cpu" and width <= EAGER_ATTENTION_MAX_TOKENS else "sdpa"
 
 
-def use_attention_for(model: Any, device: str, width: int) -> None:
-    """Switch `model` to the fastest attention for this batch; transformers reads it at each forward."""
-    wanted = attention_for(device, width)
+def use_attention_for(model: Any, device: str, width: int, fixed: str | None = None) -> None:
+    """Switch `model` to the fastest attention for this batch (or to `fixed`, a compiled run's one
+    implementation: compilation.run_attention); transformers reads it at each forward."""
+    wanted = fixed or attention_for(device, width)
     if model.config._attn_implementation != wanted:  # a peft model forwards both to the base model
         model.set_attn_implementation(wanted)
 
