@@ -119,21 +119,17 @@ def test_a_compiled_run_keeps_one_attention_and_compiles_one_graph(tmp_path, tin
     graph of its own to compile, so the run keeps the one that 90% of its rows fit."""
     import torch._dynamo.utils as dynamo_utils
 
-    import loratune.models as models
-    from loratune.compilation import run_attention
+    import loratune.attention as attention
 
-    assert run_attention("cpu", [10] * 95 + [400] * 5) == "eager"
-    assert run_attention("cpu", [10] * 80 + [400] * 20) == "sdpa"
-    assert run_attention("cuda", [10] * 100) == "sdpa"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     seen = {}
-    real = models.use_attention_for
+    real = attention.use_attention_for
 
     def spy(model, device, width, fixed=None):
         real(model, device, width, fixed)
         seen.setdefault(name, []).append((width, model.config._attn_implementation))
 
-    monkeypatch.setattr(models, "use_attention_for", spy)
+    monkeypatch.setattr(attention, "use_attention_for", spy)
     # 19 short rows and one long one: 90% of the rows are short.
     rows = [{"prompt": "Fruit of colour red:", "completion": " apple"}] * 19 + [
         {"prompt": "Fruit of the colour that ripe bananas and lemons and the sun have:", "completion": " banana"}]
@@ -143,15 +139,15 @@ def test_a_compiled_run_keeps_one_attention_and_compiles_one_graph(tmp_path, tin
                        precision="fp32", batch_size=4)
         Path(cfg.data.train).write_text("".join(json.dumps(r) + "\n" for r in rows))
         if compiled:  # eager up to just under the long row's width, as for the demo's rows over 256
-            monkeypatch.setattr(models, "EAGER_ATTENTION_MAX_TOKENS", max(w for w, _ in seen["plain"]) - 1)
+            monkeypatch.setattr(attention, "EAGER_ATTENTION_MAX_TOKENS", max(w for w, _ in seen["plain"]) - 1)
         torch._dynamo.reset()
         dynamo_utils.counters.clear()
         train_run(cfg, log=messages.append)
         graphs[name] = dynamo_utils.counters["stats"]["unique_graphs"]
-    wide = [impl for w, impl in seen["compiled"] if w > models.EAGER_ATTENTION_MAX_TOKENS]
+    wide = [impl for w, impl in seen["compiled"] if w > attention.EAGER_ATTENTION_MAX_TOKENS]
     assert wide and set(wide) == {"eager"}  # the long row's batches trained with the run's choice
     assert {impl for _, impl in seen["compiled"]} == {"eager"}
-    assert models.attention_for("cpu", max(w for w, _ in seen["compiled"])) == "sdpa"  # per batch it would switch
+    assert attention.attention_for("cpu", max(w for w, _ in seen["compiled"])) == "sdpa"  # per batch it would switch
     assert any("eager attention for every batch" in m for m in messages)
     assert graphs == {"plain": 0, "compiled": 2}  # first layer + the rest (test above); two attentions: 4
 

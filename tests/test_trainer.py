@@ -174,25 +174,25 @@ def test_eval_batch_follows_the_training_batch_auto_found():
 def test_every_causal_training_step_picks_its_attention(tmp_path, tiny_llama_dir, monkeypatch, completion_only):
     """Both causal Trainers choose the attention per batch width (eager for short CPU batches).
     The completion-loss Trainer once defined its own compute_loss, which shadowed the choice."""
-    import loratune.models as models
+    import loratune.attention as attention
     from loratune.train import train_run
 
     chosen = []
-    real = models.use_attention_for
+    real = attention.use_attention_for
 
     def spy(model, device, width, fixed=None):
         assert fixed is None  # uncompiled: the choice is per batch
         real(model, device, width, fixed)
         chosen.append((device, width, model.config._attn_implementation))
 
-    monkeypatch.setattr(models, "use_attention_for", spy)
+    monkeypatch.setattr(attention, "use_attention_for", spy)
     cfg = make_cfg(tmp_path, tiny_llama_dir, max_steps=4, eval_steps=100, completion_only_logits=completion_only)
     train_run(cfg, log=lambda *_: None)
     assert len(chosen) >= 4  # every training step (and the evaluations' loss passes)
     # The choice itself (eager for short batches on CPU only; a GPU keeps SDPA) applied every time.
-    assert all(impl == models.attention_for(device, width) for device, width, impl in chosen)
+    assert all(impl == attention.attention_for(device, width) for device, width, impl in chosen)
     if all(str(device).startswith("cpu") for device, _, _ in chosen):
-        assert all(impl == "eager" for _, width, impl in chosen if width <= models.EAGER_ATTENTION_MAX_TOKENS)
+        assert all(impl == "eager" for _, width, impl in chosen if width <= attention.EAGER_ATTENTION_MAX_TOKENS)
 
 
 def test_time_budget_is_not_misled_by_a_step_that_compiles_again():

@@ -12,7 +12,8 @@ same speed. Two conditions keep it at one graph: no KV cache in training (`use_c
 cache each layer guards on its own cache slot and recompiles, and after 8 recompiles torch falls
 back to uncompiled code), and evaluation during training runs uncompiled (`EagerEvaluation`), as
 eval mode would need graphs of its own for a few seconds of forward passes. A third keeps it at one
-graph per run rather than two: one attention implementation for the whole run (`run_attention`).
+graph per run rather than two: one attention implementation for the whole run
+(`attention.run_attention`).
 
 `auto` compiles where it was measured to pay: causal models on CPU, in one process, without
 gradient checkpointing, in runs long enough to win back the compile time (`AUTO_MIN_MINUTES` of
@@ -134,20 +135,6 @@ def uncompile_layers(model: Any) -> None:
 
 def is_compiled(module: torch.nn.Module) -> bool:
     return getattr(module, "_compiled_call_impl", None) is not None
-
-
-def run_attention(device: str, widths: list[int]) -> str:
-    """The one attention implementation a compiled run trains with: the one `attention_for` picks
-    for the width 90% of the rows fit in.
-
-    Uncompiled, loratune picks eager attention or SDPA batch by batch (`models.attention_for`).
-    Compiled, each implementation is a graph of its own, and the first batch of another kind
-    compiles again: in the demo, ~40 s more on a cold cache (of a 6-minute budget) for the 0.5% of
-    its rows over 256 tokens."""
-    from loratune.models import attention_for
-
-    ordered = sorted(widths)
-    return attention_for(device, ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] if ordered else 0)
 
 
 def set_use_cache(model: Any, value: bool) -> None:

@@ -248,28 +248,6 @@ def bf16_supported(device: str | torch.device | None = None) -> bool:
         return False
 
 
-EAGER_ATTENTION_MAX_TOKENS = 256
-"""On CPU, batches up to this many tokens wide train faster with eager attention than with SDPA."""
-
-
-def attention_for(device: str, width: int) -> str:
-    """The attention implementation that trains a batch `width` tokens wide fastest on `device`.
-
-    On CPU, SDPA's fused kernel has a slow backward pass for short rows: at 128 tokens eager
-    attention (plain bf16 matmuls + softmax) takes 0.66x its time, at 512 tokens 2.3x, at 2048
-    5.3x (fwd + bwd under bf16 autocast, bench/train_levers.py's attention lever). GPUs keep SDPA.
-    """
-    return "eager" if torch.device(device).type == "cpu" and width <= EAGER_ATTENTION_MAX_TOKENS else "sdpa"
-
-
-def use_attention_for(model: Any, device: str, width: int, fixed: str | None = None) -> None:
-    """Switch `model` to the fastest attention for this batch (or to `fixed`, a compiled run's one
-    implementation: compilation.run_attention); transformers reads it at each forward."""
-    wanted = fixed or attention_for(device, width)
-    if model.config._attn_implementation != wanted:  # a peft model forwards both to the base model
-        model.set_attn_implementation(wanted)
-
-
 def weights_dtype_for(setting: str) -> torch.dtype:
     """The dtype to load base weights in, for `train.weights_dtype`.
 

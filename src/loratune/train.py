@@ -328,7 +328,7 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
         eval_s = None
         trainer = build_trainer(plan, model, args, run_dir)
         if compiled and hasattr(trainer, "run_attention"):
-            from loratune.compilation import run_attention
+            from loratune.attention import run_attention
 
             trainer.run_attention = run_attention(plan.device, [len(f["input_ids"]) for f in plan.train_features])
             log(f"train.compile: {trainer.run_attention} attention for every batch (one graph to compile)")

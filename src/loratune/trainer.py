@@ -70,13 +70,13 @@ class SeededSampling:
 
 class WidthAttention:
     """Mixed into the causal Trainers: eager attention for short CPU batches, SDPA for long ones
-    (`models.attention_for`: SDPA's CPU backward is slow for short rows; bench/train_levers.py),
+    (`attention.attention_for`: SDPA's CPU backward is slow for short rows; bench/train_levers.py),
     or one implementation for the whole run when `run_attention` is set (compiled layers)."""
 
     run_attention: str | None = None
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-        from loratune.models import use_attention_for
+        from loratune.attention import use_attention_for
 
         # self.model is the unwrapped model, so this is safe under DistributedDataParallel.
         use_attention_for(self.model, self.args.device.type, inputs["input_ids"].shape[1], self.run_attention)
