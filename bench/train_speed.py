@@ -39,8 +39,9 @@ Norms, activations, rotary embeddings and the optimizer are left out (a few % of
 The figure is averaged over the bench's rows (sum over rows / useful tokens).
 
 `gemm_only_mfu`: the MFU of the step's matmuls alone (those the formula counts, at the model's own
-shapes for a batch of mean-length rows, timed back to back with nothing between them): what a
-recipe would reach if everything else took no time, so no recipe's MFU can pass it.
+shapes for a batch of mean-length rows, timed back to back with nothing between them, before the
+recipes run): what a recipe would reach if everything else took no time, so no recipe's MFU can
+pass it.
 
     .venv/bin/python bench/train_speed.py [--steps 4] [--batch-size 8] [--compile auto|true|false] [--json]
 """
@@ -144,16 +145,16 @@ def flop_per_token(cfg: RunConfig, features: list[dict]) -> float:
     return total / tokens
 
 
-def gemm_only_mfu(cfg: RunConfig, features: list[dict], batch_size: int, dtype: torch.dtype,
-                  peak_gflops: float, repeats: int = 5) -> float:
-    """The MFU a training step would reach if it did nothing but its matmuls, at the model's own
-    shapes for a batch of `batch_size` mean-length rows: an upper bound no implementation passes.
+def gemm_only_gflops(cfg: RunConfig, features: list[dict], batch_size: int, dtype: torch.dtype,
+                     repeats: int = 5) -> float:
+    """GFLOP/s of a training step that did nothing but its matmuls, at the model's own shapes for
+    a batch of `batch_size` mean-length rows; over the peak, an MFU no implementation passes.
 
     Times, per decoder layer, every matmul of the FLOP formula above (the frozen projections'
     forward and activation gradient, LoRA's six skinny matmuls per projection, attention's batched
     matmuls: QK^T and PV forward, two each backward) of one layer, times the layers, plus the
     vocabulary projection of the answer tokens (forward and activation gradient); their FLOPs (as
-    `flop_per_token` counts them) over that time over the peak."""
+    `flop_per_token` counts them) over that time."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from loratune.compilation import decoder_layers
@@ -212,7 +213,7 @@ def gemm_only_mfu(cfg: RunConfig, features: list[dict], batch_size: int, dtype: 
     seconds(work + head)  # first calls: oneDNN picks its kernels
     total_s = config.num_hidden_layers * seconds(work) + seconds(head)
     total_flops = config.num_hidden_layers * sum(f for _, _, f in work) + sum(f for _, _, f in head)
-    return total_flops / total_s / 1e9 / peak_gflops
+    return total_flops / total_s / 1e9
 
 
 def bench_features(cfg: RunConfig) -> list[dict]:
@@ -300,6 +301,11 @@ def main() -> None:
     cfg = load_config(args.config, args.set + [f"data.max_train_rows={rows}"])
     features = bench_features(cfg)
     fpt = flop_per_token(cfg, features)
+    # Measured before any recipe runs: after a model's forward and backward in this process the same
+    # matmuls measured ~25% slower (0.38 -> 0.27 of the bf16 peak; not explained, README), and a
+    # bound should not be lowered by that.
+    gemm_gflops = {p: gemm_only_gflops(cfg, features, args.batch_size, torch.bfloat16 if p == "bf16" else torch.float32)
+                   for p in peaks.samples}
     # Every recipe trains these rows once: `rows` rows, `steps` batches of `batch_size` rows.
     common = args.set + [
         f"output_dir={out}", f"data.max_train_rows={rows}", "train.epochs=1", "train.max_steps=-1",
@@ -326,9 +332,7 @@ def main() -> None:
         results[name] = recipes[name]()
         peaks.measure()
     peak = peaks.gflops()
-    ceiling = {p: round(gemm_only_mfu(cfg, features, args.batch_size,
-                                      torch.bfloat16 if p == "bf16" else torch.float32, g), 3)
-               for p, g in peak.items()}
+    ceiling = {p: round(g / peak[p], 3) for p, g in gemm_gflops.items()}
     for r in results.values():
         r["mfu"] = round(r["tokens_per_s"] * fpt / (peak[r["precision"]] * 1e9), 3)
         after = r["tokens_per_s_after_first_step"]
