@@ -301,9 +301,9 @@ def main() -> None:
     cfg = load_config(args.config, args.set + [f"data.max_train_rows={rows}"])
     features = bench_features(cfg)
     fpt = flop_per_token(cfg, features)
-    # Measured before any recipe runs: after a model's forward and backward in this process the same
-    # matmuls measured ~25% slower (0.38 -> 0.27 of the bf16 peak; not explained, README), and a
-    # bound should not be lowered by that.
+    # Measured before any recipe runs: while a LoRA model that has run forward and backward is alive
+    # in this process, the same bf16 matmuls ran ~20% slower (not explained, README "Where the MFU
+    # goes"), and a bound should not be lowered by that.
     gemm_gflops = {p: gemm_only_gflops(cfg, features, args.batch_size, torch.bfloat16 if p == "bf16" else torch.float32)
                    for p in peaks.samples}
     # Every recipe trains these rows once: `rows` rows, `steps` batches of `batch_size` rows.
