@@ -114,8 +114,8 @@ class Peaks:
 # ---------------------------------------------------------------- FLOPs per useful token
 
 
-def flop_per_token(cfg: RunConfig, features: list[dict]) -> float:
-    """Training FLOPs per useful token for `cfg`'s model and LoRA on these rows (formula: module doc)."""
+def _shapes(cfg: RunConfig) -> tuple[Any, Any, Any]:
+    """(config, the model on the meta device: shapes without weights, LoRA target modules) of `cfg`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from loratune.lora import default_target_modules
@@ -124,7 +124,12 @@ def flop_per_token(cfg: RunConfig, features: list[dict]) -> float:
     config = AutoConfig.from_pretrained(resolve_source(cfg.model).path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    targets = cfg.lora.target_modules or default_target_modules(model)
+    return config, model, cfg.lora.target_modules or default_target_modules(model)
+
+
+def flop_per_token(cfg: RunConfig, features: list[dict]) -> float:
+    """Training FLOPs per useful token for `cfg`'s model and LoRA on these rows (formula: module doc)."""
+    config, model, targets = _shapes(cfg)
     frozen = lora = 0
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or name.endswith("lm_head"):
@@ -155,17 +160,10 @@ def gemm_only_gflops(cfg: RunConfig, features: list[dict], batch_size: int, dtyp
     matmuls: QK^T and PV forward, two each backward) of one layer, times the layers, plus the
     vocabulary projection of the answer tokens (forward and activation gradient); their FLOPs (as
     `flop_per_token` counts them) over that time."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     from loratune.compilation import decoder_layers
-    from loratune.lora import default_target_modules
-    from loratune.models import resolve_source
 
-    config = AutoConfig.from_pretrained(resolve_source(cfg.model).path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    config, model, targets = _shapes(cfg)
     layer = decoder_layers(model)[0]
-    targets = cfg.lora.target_modules or default_target_modules(model)
     width = round(statistics.mean(len(row["input_ids"]) for row in features))
     answer = round(statistics.mean(sum(1 for x in row["labels"] if x != -100) for row in features))
     tokens, r = batch_size * width, cfg.lora.r
