@@ -38,6 +38,11 @@ multiply-add; T = a row's length, A = its answer tokens, d = hidden size, V = vo
 Norms, activations, rotary embeddings and the optimizer are left out (a few % of the FLOPs).
 The figure is averaged over the bench's rows (sum over rows / useful tokens).
 
+A recipe named twice in `--recipes` runs twice and is reported as the mean of its runs (each run's
+figures under `runs`). `--recipes plain_hf,loratune,plain_hf` brackets loratune between two
+baseline runs, so a machine whose speed drifts during the bench (this shared one drifts by up to
+1.7x within an hour) moves the baseline the way it moved loratune, instead of tilting the ratio.
+
 `gemm_only_mfu`: the MFU of the step's matmuls alone (those the formula counts, at the model's own
 shapes for a batch of mean-length rows, timed back to back with nothing between them, before the
 recipes run): what a recipe would reach if everything else took no time, so no recipe's MFU can
@@ -274,6 +279,18 @@ def run_plain_hf(cfg: RunConfig, features: list[dict], batch_size: int, out: str
             "tokens_per_s_after_first_step": clock.tokens_per_s_after_first_step()}
 
 
+def mean_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A recipe run more than once: its rates averaged over the runs, each run kept under `runs`."""
+    if len(runs) == 1:
+        return runs[0]
+    merged = dict(runs[0])
+    for key in ("tokens_per_s", "tokens_per_s_after_first_step"):
+        values = [r[key] for r in runs]
+        merged[key] = round(statistics.mean(values), 1) if None not in values else None
+    merged["runs"] = [{k: r[k] for k in ("tokens_per_s", "tokens_per_s_after_first_step")} for r in runs]
+    return merged
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -306,29 +323,34 @@ def main() -> None:
                    for p in peaks.samples}
     # Every recipe trains these rows once: `rows` rows, `steps` batches of `batch_size` rows.
     common = args.set + [
-        f"output_dir={out}", f"data.max_train_rows={rows}", "train.epochs=1", "train.max_steps=-1",
+        f"data.max_train_rows={rows}", "train.epochs=1", "train.max_steps=-1",
         f"train.batch_size={args.batch_size}", "train.grad_accum=1", "train.eval_loss_rows=8",
         f"train.eval_steps={10 * rows}", "train.logging_steps=1", f"train.seed={cfg.train.seed}",
     ]
     defaults_lora, defaults_train = LoraSettings(), TrainSettings()
     weights = "bf16" if bf16 else "fp32"
-    recipes = {
-        "original": lambda: run_loratune_path(args.config, common + [
-            "name=original", "lora.dropout=0.05", "train.pad_to_max_length=true", "train.group_by_length=false",
+    recipes = {  # each takes the run's own output directory
+        "original": lambda run_out: run_loratune_path(args.config, common + [
+            f"output_dir={run_out}", "name=original", "lora.dropout=0.05", "train.pad_to_max_length=true", "train.group_by_length=false",
             "train.completion_only_logits=false", f"train.weights_dtype={weights}", f"train.precision={weights}",
             "train.compile=false",
         ]),
-        "plain_hf": lambda: run_plain_hf(cfg, features, args.batch_size, out + "/plain_hf"),
-        "loratune": lambda: run_loratune_path(args.config, common + [
-            "name=loratune", f"lora.dropout={defaults_lora.dropout}",
+        "plain_hf": lambda run_out: run_plain_hf(cfg, features, args.batch_size, run_out + "/plain_hf"),
+        "loratune": lambda run_out: run_loratune_path(args.config, common + [
+            f"output_dir={run_out}", "name=loratune", f"lora.dropout={defaults_lora.dropout}",
             f"train.weights_dtype={defaults_train.weights_dtype}", f"train.compile={args.compile}",
         ]),
     }
-    results: dict[str, dict[str, Any]] = {}
-    for name in args.recipes.split(","):
+    names = args.recipes.split(",")
+    unknown = sorted(set(names) - set(recipes))
+    if unknown:
+        parser.error(f"--recipes: unknown {', '.join(unknown)} (known: {', '.join(recipes)})")
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for i, name in enumerate(names):
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results[name] = recipes[name]()
+        runs.setdefault(name, []).append(recipes[name](f"{out}/{i}"))
         peaks.measure()
+    results = {name: mean_of_runs(r) for name, r in runs.items()}
     peak = peaks.gflops()
     ceiling = {p: round(g / peak[p], 3) for p, g in gemm_gflops.items()}
     for r in results.values():
@@ -354,9 +376,10 @@ def main() -> None:
               + (f"{after:.1f} | {r['mfu_after_first_step']:.3f} | "
                  + (f"{after / base_after:.2f}x |" if base_after else "- |") if after else "- | - | - |"))
     if args.json:
-        keys = ("tokens_per_s", "precision", "mfu", "compiled", "tokens_per_s_after_first_step", "mfu_after_first_step")
+        keys = ("tokens_per_s", "precision", "mfu", "compiled", "tokens_per_s_after_first_step", "mfu_after_first_step",
+                "runs")
         report = {"peak_gflops": peak, "flop_per_token": round(fpt), "gemm_only_mfu": ceiling,
-                  "recipes": {n: {k: r[k] for k in keys} for n, r in results.items()}}
+                  "recipes": {n: {k: r[k] for k in keys if k in r} for n, r in results.items()}}
         print(json.dumps(report))
 
 
