@@ -279,15 +279,19 @@ def run_plain_hf(cfg: RunConfig, features: list[dict], batch_size: int, out: str
             "tokens_per_s_after_first_step": clock.tokens_per_s_after_first_step()}
 
 
+RECIPES = ("original", "plain_hf", "loratune")
+RATES = ("tokens_per_s", "tokens_per_s_after_first_step")
+
+
 def mean_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """A recipe run more than once: its rates averaged over the runs, each run kept under `runs`."""
     if len(runs) == 1:
         return runs[0]
     merged = dict(runs[0])
-    for key in ("tokens_per_s", "tokens_per_s_after_first_step"):
+    for key in RATES:
         values = [r[key] for r in runs]
         merged[key] = round(statistics.mean(values), 1) if None not in values else None
-    merged["runs"] = [{k: r[k] for k in ("tokens_per_s", "tokens_per_s_after_first_step")} for r in runs]
+    merged["runs"] = [{k: r[k] for k in RATES} for r in runs]
     return merged
 
 
@@ -307,6 +311,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every recipe, e.g. --set model=/path/to/model")
     args = parser.parse_args()
+    names = args.recipes.split(",")
+    unknown = sorted(set(names) - set(RECIPES))
+    if unknown:  # before the minutes of peak, model and row loading
+        parser.error(f"--recipes: unknown {', '.join(unknown)} (known: {', '.join(RECIPES)})")
     rows = args.steps * args.batch_size
     bf16 = bf16_supported(DEVICE)
     peaks = Peaks(["fp32", "bf16"] if bf16 else ["fp32"], args.peak_seconds)
@@ -341,10 +349,6 @@ def main() -> None:
             f"train.weights_dtype={defaults_train.weights_dtype}", f"train.compile={args.compile}",
         ]),
     }
-    names = args.recipes.split(",")
-    unknown = sorted(set(names) - set(recipes))
-    if unknown:
-        parser.error(f"--recipes: unknown {', '.join(unknown)} (known: {', '.join(recipes)})")
     runs: dict[str, list[dict[str, Any]]] = {}
     for i, name in enumerate(names):
         print(f"running {name} ...", file=sys.stderr, flush=True)
