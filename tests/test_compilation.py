@@ -169,18 +169,18 @@ def test_without_a_cpp_compiler_auto_stays_off_and_true_fails_before_loading(tmp
 def test_a_budgeted_compiled_run_fits_after_three_timed_steps(tmp_path, tiny_llama_dir, monkeypatch):
     """train.max_minutes with compiling: the time budget waits for three timed steps before an
     early fit (a second compiling step would otherwise set the pace); uncompiled runs need one."""
-    import loratune.trainer as trainer_module
+    import loratune.time_budget as time_budget_module
 
     seen = {}
 
-    class Recording(trainer_module.TimeBudget):
+    class Recording(time_budget_module.TimeBudget):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             seen[cfg.name] = self.early_fit_after
 
     import loratune.train as train_module
 
-    monkeypatch.setattr(trainer_module, "TimeBudget", Recording)
+    monkeypatch.setattr(time_budget_module, "TimeBudget", Recording)
     # What is checked is the wiring, so the decision stands in for compiling (tested above).
     monkeypatch.setattr(train_module, "compile_for_training", lambda plan, *a: plan.cfg.train.compile)
     for compiled in (True, False):

@@ -117,33 +117,42 @@ def test_models_the_fused_loss_cannot_serve_keep_the_plain_path(tiny_llama_dir, 
 
 
 def test_training_with_the_fused_loss_logs_the_plain_losses(tmp_path, tiny_llama_dir, monkeypatch):
-    """The same run with the fused loss and with the plain one: the same logged training losses."""
+    """The same run with the fused loss and with the plain one: the same logged training and
+    evaluation losses; the eval-loss passes (loss only) take the fused path too, without a gradient."""
     import loratune.loss as loss_module
     from loratune.models import bf16_supported
     from loratune.train import train_run
 
     calls = []
     real = loss_module.vocab_cross_entropy
-    monkeypatch.setattr(loss_module, "vocab_cross_entropy", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    monkeypatch.setattr(loss_module, "vocab_cross_entropy",
+                        lambda *a, **k: calls.append((a[3], torch.is_grad_enabled())) or real(*a, **k))
     precisions = []
 
     def losses(name):
-        cfg = make_cfg(tmp_path, tiny_llama_dir, name=name, max_steps=10, eval_steps=100, logging_steps=2)
+        cfg = make_cfg(tmp_path, tiny_llama_dir, name=name, max_steps=10, eval_steps=5, logging_steps=2)
         precisions.append(train_run(cfg, log=lambda *_: None).summary["precision"])
         rows = [json.loads(line) for line in (tmp_path / "runs" / name / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss"] for r in rows if "loss" in r]
+        return [r["loss"] for r in rows if "loss" in r], [r["eval_loss"] for r in rows if "eval_loss" in r]
 
-    fused = losses("fused")
-    assert len(calls) == 10  # every training step, and no evaluation pass
+    fused, fused_eval = losses("fused")
+    training = [dtype for dtype, grad in calls if grad]
+    evaluation = [dtype for dtype, grad in calls if not grad]
+    assert len(training) == 10  # every training step
+    # 6 held-out rows in one batch: the loss before training and at steps 5 and 10
+    assert len(evaluation) == len(fused_eval) == 3
     # The Trainer autocasts the model's forward only; the projection is told the run's dtype.
-    assert set(calls) == {torch.bfloat16 if precisions[0] == "bf16" else None}
+    assert set(training + evaluation) == {torch.bfloat16 if precisions[0] == "bf16" else None}
     monkeypatch.setattr(loss_module, "fused_loss_supported", lambda model: False)
-    plain = losses("plain")
-    assert len(calls) == 10 and len(fused) == len(plain) >= 5
+    calls.clear()
+    plain, plain_eval = losses("plain")
+    assert not calls and len(fused) == len(plain) >= 5
     # fp32: rounding order only; bf16 (native here): the plain path rounds the scaled logit gradient
     # to bf16, the fused one the unscaled, so ten steps drift apart by ~0.1%.
-    assert fused == pytest.approx(plain, rel=1e-2 if bf16_supported("cpu") else 1e-4)
-    assert fused[-1] < fused[0]
+    tolerance = 1e-2 if bf16_supported("cpu") else 1e-4
+    assert fused == pytest.approx(plain, rel=tolerance)
+    assert fused_eval == pytest.approx(plain_eval, rel=tolerance)
+    assert fused[-1] < fused[0] and fused_eval[-1] < fused_eval[0]
 
 
 def test_the_cast_head_weight_is_reused_until_the_weight_changes():

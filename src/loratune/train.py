@@ -345,7 +345,7 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
                 trainer.model_wrapped = trainer.model
             log(f"eval_loss at start: {_eval_loss_start(run_dir) if is_main else float('nan'):.4f}")
         if cfg.train.max_minutes and not resume:
-            from loratune.trainer import TimeBudget
+            from loratune.time_budget import TimeBudget
 
             trainer.add_callback(TimeBudget(cfg.train.max_minutes, warmup_ratio=cfg.train.warmup_ratio,
                                             eval_s=eval_s or 0.0, log=log, early_fit_after=3 if compiled else 1))

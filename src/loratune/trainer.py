@@ -1,5 +1,6 @@
-"""What loratune adds to transformers' Trainer: completion-only logits, a log written as it goes, a
-wall-clock budget, and the mapping from loratune's settings to TrainingArguments.
+"""What loratune adds to transformers' Trainer: completion-only logits, a log written as it goes,
+the pace of the steps, and the mapping from loratune's settings to TrainingArguments. (The
+wall-clock budget, `train.max_minutes`, is loratune/time_budget.py.)
 
 We build on Trainer / Seq2SeqTrainer instead of a hand-written loop so that resume, gradient
 accumulation, schedules, checkpointing and multi-process training (torchrun / accelerate) come from
@@ -8,15 +9,12 @@ the library the field already trusts.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import inspect
-import math
 import os
-import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -25,9 +23,6 @@ from loratune.compilation import EagerEvaluation
 from loratune.config import RunConfig
 from loratune.errors import ConfigError
 from loratune.records import append_jsonl
-
-Log = Callable[[str], None]
-
 
 class SeededLengthGroupedSampler(torch.utils.data.Sampler):
     """transformers' length-grouped order, drawn from `seed + epoch` instead of the global RNG.
@@ -94,9 +89,23 @@ class CompletionLoss:
     vocabulary projection (49k x 576 for SmolLM2) is a fifth of the model's compute and its
     logits dominate memory, so only answer positions are projected: in training, chunk by chunk
     with the gradient computed as it goes (`vocab_cross_entropy`: 1.16-1.20x useful tok/s under
-    bf16, 1.09-1.34x in fp32, bench/fused_loss.py); elsewhere (evaluation, which needs the logits;
-    models `fused_loss_supported` refuses) from the earliest answer position on.
+    bf16, 1.09-1.34x in fp32, bench/fused_loss.py). An evaluation that wants the loss only (the
+    eval-loss curve: no `compute_metrics`) takes the same path without the gradient; one that wants
+    predictions, and models `fused_loss_supported` refuses, get real logits from the earliest answer
+    position on.
     """
+
+    _loss_only = False  # set by `prediction_step` while it evaluates a batch for its loss alone
+
+    def prediction_step(self, model: Any, inputs: dict[str, Any], prediction_loss_only: bool,
+                        ignore_keys: Any = None) -> Any:
+        # The Trainer asks `compute_loss` for outputs even when it will drop them (it then returns
+        # (loss, None, None)); transformers skips the logits the same way for its Liger kernels.
+        self._loss_only = prediction_loss_only
+        try:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        finally:
+            self._loss_only = False
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -105,8 +114,9 @@ class CompletionLoss:
         labels = inputs.get("labels")
         if labels is None or self.label_smoother is not None or not bool((labels[:, 1:] != -100).any()):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        # Outputs asked for (evaluation's predictions) need real logits; so does a trainable head.
-        fuse = not return_outputs and fused_loss_supported(self.model)
+        # Outputs that will be used (predictions) need real logits; so does a trainable head. With
+        # the fused path the outputs' `logits` hold hidden states, dropped by a loss-only evaluation.
+        fuse = (not return_outputs or self._loss_only) and fused_loss_supported(self.model)
         # The Trainer's autocast wraps the model's forward only, not this method: name the dtype.
         dtype = torch.bfloat16 if self.args.bf16 else torch.float16 if self.args.fp16 else None
         loss, outputs, answer_tokens = completion_loss_sum(model, inputs, self.model if fuse else None, dtype)
@@ -168,123 +178,6 @@ class PaceClock(TrainerCallback):
         if self.first_end is None or self.last_end is None or self.last_end <= self.first_end:
             return None
         return round((self.tokens - self.first_tokens) / (self.last_end - self.first_end), 1)
-
-
-def stretch_schedule(scheduler: Any, total_steps: int, warmup_steps: int) -> bool:
-    """Give a running LR schedule a new length, so it still ends where it should (cosine reaches
-    its minimum at the new last step). transformers' schedules are LambdaLRs over a `partial`
-    that carries `num_training_steps`; we rebuild that partial. False when the schedule has no
-    length to change (e.g. constant)."""
-    scheduler = getattr(scheduler, "scheduler", scheduler)  # accelerate wraps it
-    changed = False
-    for index, fn in enumerate(getattr(scheduler, "lr_lambdas", [])):
-        if isinstance(fn, functools.partial) and "num_training_steps" in fn.keywords:
-            keywords = dict(fn.keywords, num_training_steps=total_steps)
-            if "num_warmup_steps" in keywords:
-                keywords["num_warmup_steps"] = warmup_steps
-            scheduler.lr_lambdas[index] = functools.partial(fn.func, *fn.args, **keywords)
-            changed = True
-    return changed
-
-
-class TimeBudget(TrainerCallback):
-    """`train.max_minutes`: time the first steps, then fix the number of steps so the run (evaluations
-    and checkpoints included) ends within the budget, and stretch the LR schedule to that length so
-    it runs whole.
-
-    The Trainer starts with an upper bound (the epochs or max_steps of the config). After
-    `calibrate_steps` we set `state.max_steps` (the Trainer's own flow callback stops, evaluates and
-    saves there) from the pace so far plus one evaluation per `eval_steps`. The first steps are not
-    the typical ones (length grouping puts the longest batch first; kernels warm up), and
-    evaluations, checkpoints and a machine that slows down are only seen as the run goes, so every
-    twentieth of the way the pace since the first step (`pace`) is checked again, and
-    the length refitted when the run would overshoot the budget or leave more than 3% of it unused
-    (up to the upper bound). The schedule is stretched each time, so the cosine still ends whole.
-    """
-
-    def __init__(self, minutes: float, *, warmup_ratio: float, eval_s: float, log: Log, calibrate_steps: int = 6,
-                 early_fit_after: int = 1, clock: Callable[[], float] = time.perf_counter) -> None:
-        """`early_fit_after`: timed steps (after the first) a fit before `calibrate_steps` needs.
-        Compiled runs pass 3: their second step can compile too (a cold demo: 46 s, 33 s, then
-        ~2 s per step), and only the median of three durations sees past it."""
-        self.budget_s = minutes * 60.0
-        self.early_fit_after = early_fit_after
-        self.warmup_ratio = warmup_ratio
-        self.eval_s = eval_s
-        self.log = log
-        self.calibrate_steps = calibrate_steps
-        self.clock = clock
-        self.started = clock()
-        self.last_step_end: float | None = None
-        self.durations: list[float] = []
-        self.fitted_steps: int | None = None
-        self.upper_steps: int | None = None
-        self.checked_at = 0
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.started = self.clock()
-
-    def pace(self) -> float | None:
-        """Seconds per step after the first: the mean step, leaving out steps over 8x the median.
-        Those are one-time costs, not the pace: with `train.compile` a later step can compile
-        again (another attention kernel for wider batches: ~40 s against ~1.5 s per step), and
-        counting it in the mean made the first fit several times too short. Evaluations (a few
-        steps' time) stay in."""
-        if not self.durations:
-            return None
-        typical = statistics.median(self.durations)
-        kept = [d for d in self.durations if d <= 8 * typical]
-        return sum(kept) / len(kept)
-
-    def _fit(self, state: Any, steps: int, scheduler: Any) -> bool:
-        self.fitted_steps = state.max_steps = steps
-        warmup = math.ceil(self.warmup_ratio * steps) if self.warmup_ratio < 1 else int(self.warmup_ratio)
-        return stretch_schedule(scheduler, steps, warmup)
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        now = self.clock()
-        step = state.global_step
-        if self.last_step_end is not None:  # the first step pays one-time costs: time from its end
-            self.durations.append(now - self.last_step_end)
-        self.last_step_end = now
-        elapsed = now - self.started
-        left = self.budget_s - elapsed - self.eval_s  # keep one evaluation for the end
-        pace = self.pace()
-        # Fit after `calibrate_steps`, or sooner when steps are slow (5% of the budget spent), so a
-        # slow model does not run a large part of its budget on the provisional schedule.
-        calibrated = step >= min(self.calibrate_steps, state.max_steps) or (
-            len(self.durations) >= self.early_fit_after and elapsed > 0.05 * self.budget_s)
-        if self.fitted_steps is None and pace is not None and calibrated:
-            self.upper_steps = state.max_steps
-            eval_every = state.eval_steps if args.eval_strategy == "steps" and state.eval_steps else None
-            per_step = pace + (self.eval_s / eval_every if eval_every else 0.0)
-            fitted = max(step, min(state.max_steps, step + int(max(0.0, left) / per_step)))
-            stretched = self._fit(state, fitted, kwargs.get("lr_scheduler"))
-            self.checked_at = step
-            self.log(
-                f"train.max_minutes={self.budget_s / 60:g}: {pace:.2f}s per step -> {fitted} steps"
-                + ("" if stretched else " (this LR schedule has no length to stretch)")
-            )
-        elif self.fitted_steps is not None and pace is not None and step < state.max_steps and (
-                step - self.checked_at >= max(3, self.fitted_steps // 20)):
-            self.checked_at = step
-            projected = elapsed + (state.max_steps - step) * pace + self.eval_s
-            if projected > self.budget_s or projected < 0.97 * self.budget_s:
-                fitted = min(self.upper_steps or state.max_steps, max(step + 1, step + int(max(0.0, left) / pace)))
-                if fitted != state.max_steps:
-                    faster = fitted > state.max_steps
-                    self._fit(state, fitted, kwargs.get("lr_scheduler"))
-                    self.log(f"train.max_minutes: {'faster' if faster else 'slower'} than measured "
-                             f"({pace:.2f}s per step) -> {fitted} steps")
-        if step >= state.max_steps:
-            # Epoch-based evaluation would never run when the budget ends mid-epoch: evaluate and
-            # save here so the last steps count for the best checkpoint.
-            control.should_evaluate = True
-            control.should_save = True
-            control.should_training_stop = True
-        elif elapsed > self.budget_s * 1.25:  # far past the budget: stop, keep the work
-            self.log("train.max_minutes: over budget; stopping early (the LR schedule is cut)")
-            control.should_evaluate = control.should_save = control.should_training_stop = True
 
 
 class EvalBatchFollowsTrain(TrainerCallback):
