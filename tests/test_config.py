@@ -100,6 +100,9 @@ def test_range_errors_name_the_key():
         config_from_dict({"task": "nope"})
     with pytest.raises(ConfigError, match="train.batch_size"):
         config_from_dict({"train": {"batch_size": "big"}})
+    for bad in (0, "some"):
+        with pytest.raises(ConfigError, match="train.pad_to_multiple_of"):
+            config_from_dict({"train": {"pad_to_multiple_of": bad}})
 
 
 def test_overrides_parse_yaml_values(tmp_path):

@@ -137,3 +137,12 @@ def test_truncate_and_drop_are_counted(t5):
     features, stats = tokenize_rows(rows, SQL, t5.tokenizer, "seq2seq", pct)
     assert stats.dropped == 1 and len(features) == 3  # only the long row is above the median
     assert stats.as_dict()["source_tokens"]["max"] == 434
+
+
+def test_pad_multiple_rounds_on_cpu_under_bf16_by_default_and_obeys_the_setting():
+    from loratune.data import pad_multiple
+
+    assert pad_multiple("auto", "cpu", "bf16") == 32
+    assert pad_multiple("auto", "cpu", "fp32") is None
+    assert pad_multiple("auto", "cuda", "bf16") is None
+    assert pad_multiple(1, "cpu", "bf16") is None and pad_multiple(8, "cuda", "fp32") == 8

@@ -164,6 +164,42 @@ def test_time_budget_fits_the_steps_and_runs_the_schedule_whole(tmp_path, tiny_l
     assert result.summary["wall_time_s"] < 120
 
 
+@pytest.mark.parametrize("which", ["tiny_llama_dir", "tiny_t5_dir"])
+def test_batches_rounded_to_a_multiple_of_32_train_to_the_same_losses(tmp_path, which, request, monkeypatch):
+    """Batches padded to a multiple of 32 tokens (the CPU default under bf16): the padding is masked,
+    so the losses and the count of useful tokens are those of unrounded batches."""
+    from transformers import DataCollatorForSeq2Seq
+
+    widths, collate = [], DataCollatorForSeq2Seq.__call__
+
+    def recording(self, features, *args):
+        batch = collate(self, features, *args)
+        widths.append(batch["input_ids"].shape[1])
+        return batch
+
+    monkeypatch.setattr(DataCollatorForSeq2Seq, "__call__", recording)
+    model_dir = request.getfixturevalue(which)
+
+    def run(name, **train):
+        widths.clear()
+        cfg = make_cfg(tmp_path, model_dir, name=name, max_steps=8, eval_steps=4, logging_steps=2, **train)
+        summary = train_run(cfg, log=lambda *_: None).summary
+        return set(widths), train_losses(tmp_path / "runs" / name), summary
+
+    rounded_widths, rounded, rounded_summary = run("rounded", pad_to_multiple_of=32)
+    plain_widths, plain, plain_summary = run("plain", pad_to_multiple_of=1)
+    default_widths, _, _ = run("default")
+    assert rounded_widths == {32}
+    assert plain_widths and all(w < 32 for w in plain_widths)
+    bf16 = rounded_summary["precision"] == "bf16"
+    assert default_widths == ({32} if bf16 else plain_widths)
+    assert rounded_summary["train_tokens"] == plain_summary["train_tokens"] > 0
+    tolerance = 1e-2 if bf16 else 1e-4  # bf16: the kernels picked per width round differently
+    for got, expected in zip(rounded, plain):
+        assert len(got) == len(expected) > 2
+        assert got == pytest.approx(expected, rel=tolerance)
+
+
 def test_zero_targets_is_an_error(tmp_path, tiny_llama_dir):
     cfg = make_cfg(tmp_path, tiny_llama_dir, name="none")
     cfg.lora.target_modules = ["no_such_module"]

@@ -113,6 +113,9 @@ class TrainSettings:
     """Batch rows of similar length together, so dynamic padding wastes little."""
     pad_to_max_length: bool = False
     """Pad every row to the max lengths (the original recipe; slower). Default: dynamic padding."""
+    pad_to_multiple_of: Union[int, Literal["auto"]] = "auto"
+    """Round each batch's padded width up to a multiple of this (1: no rounding). `auto`: 32 on CPU
+    under bf16, where every new width slowed the rest of a long run (data.pad_multiple), else 1."""
     completion_only_logits: bool = True
     """Causal LMs: project to the vocabulary only from the first answer position (same loss,
     less compute and memory). False uses the model's own loss over every position."""
@@ -290,6 +293,8 @@ def validate(cfg: RunConfig, source: str) -> RunConfig:
             raise bad("train.save_steps", f"must be a positive multiple of train.eval_steps ({cfg.train.eval_steps})")
     if isinstance(cfg.train.batch_size, int) and cfg.train.batch_size < 1:
         raise bad("train.batch_size", "must be at least 1 or 'auto'")
+    if isinstance(cfg.train.pad_to_multiple_of, int) and cfg.train.pad_to_multiple_of < 1:
+        raise bad("train.pad_to_multiple_of", "must be at least 1 or 'auto'")
     if cfg.data.drop_percentile is not None and not 0 < cfg.data.drop_percentile <= 100:
         raise bad("data.drop_percentile", "must be in (0, 100]")
     if cfg.train.eval_loss_rows is not None and cfg.train.eval_loss_rows < 1:

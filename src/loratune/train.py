@@ -145,6 +145,7 @@ def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
     from loratune.compilation import EagerEvaluation
+    from loratune.data import pad_multiple
     from loratune.trainer import (
         CompletionLossTrainer, EvalBatchFollowsTrain, LoratuneTrainer, MetricsLogger, PaceClock, SeededSampling,
     )
@@ -158,6 +159,7 @@ def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
         label_pad_token_id=-100,
         padding="max_length" if cfg.train.pad_to_max_length else True,
         max_length=pad_length if cfg.train.pad_to_max_length else None,
+        pad_to_multiple_of=None if cfg.train.pad_to_max_length else pad_multiple(cfg.train.pad_to_multiple_of, plan.device, plan.precision),
     )
     if not causal:
         trainer_cls = type("LoratuneSeq2SeqTrainer", (EagerEvaluation, SeededSampling, Seq2SeqTrainer), {})
