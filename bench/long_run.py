@@ -6,8 +6,8 @@ Runs `loratune train` on a config (default: the 15-minute text-to-SQL recipe, no
 alternates them, so a drifting machine moves both alike), and prints the useful tokens/s of each
 window of `--window` steps. Every run trains the same batches in the same order; only the padding
 differs. Why this is a bench of whole runs and not an A/B per step: what rounding saves builds up
-over a run (every new batch width a process sees slows the steps after it, README "Training
-speed"), so both settings in one process would share it.
+over a run (every new batch width a process sees slows the steps after it, README "Benchmarks":
+"Throughput fell as a run went on"), so both settings in one process would share it.
 
     .venv/bin/python bench/long_run.py --steps 400 --settings 1,auto,auto,1 --json
 
