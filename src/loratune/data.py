@@ -322,8 +322,9 @@ def pad_multiple(setting: int | str, device: str, precision: str) -> int | None:
     bf16 kernels, built and cached per matmul shape, and glibc's heap of every size): in 400-step
     runs of the 15-minute recipe with dynamic padding, useful tokens/s fell from the first 50 steps
     to the last by 12-37%; with widths rounded up to a multiple of 32 (1/32 as many widths, ~16 more
-    padded tokens per row: ~9% of a mean row) by 3-8%, and the runs were 1.12-1.44x faster overall. On the fp32 path (MKL's
-    matmuls) a rounded run was 0.89x as fast: no rounding there, nor on GPUs (not measured).
+    padded tokens per row: ~9% of a mean row) by 3-8%, and the runs were 1.12-1.44x faster overall.
+    On the fp32 path (MKL's matmuls) a rounded run was 0.89x as fast: no rounding there, nor on GPUs
+    (not measured).
     README "Benchmarks"; bench/long_run.py.
     """
     if setting == "auto":
