@@ -90,9 +90,11 @@ def test_compiled_training_matches_plain_training(tmp_path, tiny_llama_dir, monk
 
 
 def test_one_graph_serves_every_layer_and_width(tiny_llama_dir, tmp_path, monkeypatch):
-    """The point of compiling per layer: 5 layers x 3 batch widths compile 2 graphs (the first
-    layer, whose input needs no gradient, and the rest), not one per layer. A KV cache in training
-    makes each layer guard on its own cache slot: 5 graphs, and past 8 torch gives up compiling."""
+    """The point of compiling per layer: 5 layers x 3 batch widths compile 1 graph, not one per
+    layer; the first layer too, although its input (the frozen embeddings' output) needs no
+    gradient of its own (without `compile_layers`' input-gradient hook it would be a second graph).
+    A KV cache in training makes each layer guard on its own cache slot: 5 graphs, and past 8 torch
+    gives up compiling."""
     import torch._dynamo.utils as dynamo_utils
     from transformers import AutoConfig, LlamaForCausalLM
 
@@ -110,8 +112,41 @@ def test_one_graph_serves_every_layer_and_width(tiny_llama_dir, tmp_path, monkey
     for width in (7, 11, 5):
         ids = torch.randint(0, config.vocab_size, (3, width))
         model(input_ids=ids, labels=ids).loss.backward()
-    assert dynamo_utils.counters["stats"]["unique_graphs"] == 2
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == 1
     uncompile_layers(model)
+
+
+def test_the_input_gradient_hook_is_added_for_compiling_and_removed_after(tiny_llama_dir):
+    """compile_layers makes the embeddings' output require a gradient (one graph for every layer);
+    uncompile_layers takes that hook away again, but leaves one that gradient checkpointing set."""
+    from loratune.config import LoraSettings
+    from loratune.lora import apply_lora
+    from loratune.models import load_model
+
+    def embeddings_output_requires_grad(model):
+        seen = []
+        handle = model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
+        model(input_ids=torch.tensor([[1, 2, 3]]))
+        handle.remove()
+        return seen[-1]
+
+    model = apply_lora(load_model(str(tiny_llama_dir), device="cpu").model, "causal",
+                       LoraSettings(r=4, alpha=8, dropout=0.0))
+    assert not embeddings_output_requires_grad(model)  # frozen embeddings: no gradient by default
+    compile_layers(model)
+    uncompile_layers(model)  # compiling happens at the first call; this checks the hook alone
+    assert not embeddings_output_requires_grad(model)
+    compile_layers(model)
+    for layer in decoder_layers(model):  # run uncompiled, hook in place: what the compiled graph sees
+        layer._compiled_call_impl = None
+    assert embeddings_output_requires_grad(model)
+    uncompile_layers(model)
+    assert not embeddings_output_requires_grad(model)
+
+    model.enable_input_require_grads()  # as train.gradient_checkpointing does
+    compile_layers(model)
+    uncompile_layers(model)
+    assert embeddings_output_requires_grad(model)  # not compile_layers' hook: it stays
 
 
 def test_a_compiled_run_keeps_one_attention_and_compiles_one_graph(tmp_path, tiny_llama_dir, monkeypatch):
@@ -149,7 +184,7 @@ def test_a_compiled_run_keeps_one_attention_and_compiles_one_graph(tmp_path, tin
     assert {impl for _, impl in seen["compiled"]} == {"eager"}
     assert attention.attention_for("cpu", max(w for w, _ in seen["compiled"])) == "sdpa"  # per batch it would switch
     assert any("eager attention for every batch" in m for m in messages)
-    assert graphs == {"plain": 0, "compiled": 2}  # first layer + the rest (test above); two attentions: 4
+    assert graphs == {"plain": 0, "compiled": 1}  # every layer one graph (test above); two attentions: 2
 
 
 def test_without_a_cpp_compiler_auto_stays_off_and_true_fails_before_loading(tmp_path, tiny_llama_dir, monkeypatch):

@@ -6,14 +6,15 @@ them (RMSNorm, rotary, SiLU, LoRA scaling, autocast's casts), one small kernel a
 Inductor fuses those ops; loratune's step then runs at ~1.6x (bench/train_speed.py).
 
 Why per layer ("regional" compilation) and not the whole model: every decoder layer runs the same
-code, so one compiled graph serves all of them and compiling costs one layer's worth (~45 s on a
+code, so one compiled graph serves all of them and compiling costs one layer's worth (~40 s on a
 2-core CPU, cold), against ~335 s for the whole model (30 layers unrolled into one graph) for the
 same speed. Two conditions keep it at one graph: no KV cache in training (`use_cache=False`; with a
 cache each layer guards on its own cache slot and recompiles, and after 8 recompiles torch falls
 back to uncompiled code), and evaluation during training runs uncompiled (`EagerEvaluation`), as
-eval mode would need graphs of its own for a few seconds of forward passes. A third keeps it at one
-graph per run rather than two: one attention implementation for the whole run
-(`attention.run_attention`).
+eval mode would need graphs of its own for a few seconds of forward passes. Two more keep it at one
+graph per run rather than two or three: one attention implementation for the whole run
+(`attention.run_attention`), and a first layer whose input requires a gradient like the others'
+(`compile_layers`).
 
 `auto` compiles where it was measured to pay: causal models on CPU, in one process, without
 gradient checkpointing, in runs long enough to win back the compile time (`AUTO_MIN_MINUTES` of
@@ -25,12 +26,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from typing import Any
 
 import torch
 
 AUTO_MIN_MINUTES = 3.0
-"""`auto` compiles a time-budgeted run of at least this many minutes: at ~1.6x per step, the ~45 s of
+"""`auto` compiles a time-budgeted run of at least this many minutes: at ~1.6x per step, the ~40-60 s of
 a cold compile are won back after about two minutes of training."""
 AUTO_MIN_STEPS = 150
 """...or a run of at least this many optimizer steps (SmolLM2-135M, 8 rows: ~1 s per step on 2 cores)."""
@@ -106,6 +108,11 @@ def decoder_layers(model: Any) -> list[torch.nn.Module]:
     return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
+_INPUT_GRADS_ENABLED: weakref.WeakSet = weakref.WeakSet()
+"""Models whose input-gradient hook `compile_layers` added (and `uncompile_layers` removes); a hook
+that gradient checkpointing added stays."""
+
+
 def compile_layers(model: Any, *, fall_back: bool = False) -> int:
     """Compile each decoder layer in place (parameter names unchanged, so saving is unaffected).
 
@@ -121,6 +128,16 @@ def compile_layers(model: Any, *, fall_back: bool = False) -> int:
 
         torch._dynamo.config.suppress_errors = True
     set_use_cache(model, False)
+    # The first layer's input is the frozen embeddings' output, which needs no gradient; dynamo
+    # guards on that, so the first layer would be a graph of its own, compiled forward and backward
+    # like the rest's: cold first step 54.5/52.3 s with two graphs, 38.6/37.1 s with one
+    # (bench/compile_cost.py layers, README "Where the time goes"). Making that output require a
+    # gradient (transformers' own hook, the one gradient checkpointing uses) costs one unneeded
+    # activation gradient through the first layer's q/k/v (~0.2% of the FLOPs): steps alternated in
+    # one process ran 1.010x (bf16) and 1.004x (fp32) the two-graph speed, i.e. no measurable cost.
+    if hasattr(model, "enable_input_require_grads") and not getattr(model, "_require_grads_hooks", None):
+        model.enable_input_require_grads()
+        _INPUT_GRADS_ENABLED.add(model)
     for layer in layers:
         layer.compile(dynamic=True)
     return len(layers)
@@ -130,6 +147,9 @@ def uncompile_layers(model: Any) -> None:
     """Back to plain modules (after training: generation must not trigger compilation)."""
     for layer in decoder_layers(model):
         layer._compiled_call_impl = None  # what nn.Module.compile set; None restores the plain call
+    if model in _INPUT_GRADS_ENABLED:
+        model.disable_input_require_grads()
+        _INPUT_GRADS_ENABLED.discard(model)
     set_use_cache(model, True)
 
 
