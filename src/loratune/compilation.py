@@ -131,7 +131,7 @@ def compile_layers(model: Any, *, fall_back: bool = False) -> int:
     # The first layer's input is the frozen embeddings' output, which needs no gradient; dynamo
     # guards on that, so the first layer would be a graph of its own, compiled forward and backward
     # like the rest's: cold first step 54.5/52.3 s with two graphs, 38.6/37.1 s with one
-    # (bench/compile_cost.py layers, README "Where the time goes"). Making that output require a
+    # (bench/compile_cost.py layers; README, training-speed levers table). Making that output require a
     # gradient (transformers' own hook, the one gradient checkpointing uses) costs one unneeded
     # activation gradient through the first layer's q/k/v (~0.2% of the FLOPs): steps alternated in
     # one process ran 1.010x (bf16) and 1.004x (fp32) the two-graph speed, i.e. no measurable cost.
