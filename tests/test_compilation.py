@@ -1,6 +1,7 @@
 """train.compile: the decision, and that compiled layers train to the same numbers as plain ones."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -156,7 +157,9 @@ def test_a_compiled_run_keeps_one_attention_and_compiles_one_graph(tmp_path, tin
 
     import loratune.attention as attention
 
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    # No TORCHINDUCTOR_CACHE_DIR: the compiled code goes to loratune's cache (compile_cache_dir).
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("LORATUNE_CACHE", str(tmp_path / "cache"))
     seen = {}
     real = attention.use_attention_for
 
@@ -185,6 +188,19 @@ def test_a_compiled_run_keeps_one_attention_and_compiles_one_graph(tmp_path, tin
     assert attention.attention_for("cpu", max(w for w, _ in seen["compiled"])) == "sdpa"  # per batch it would switch
     assert any("eager attention for every batch" in m for m in messages)
     assert graphs == {"plain": 0, "compiled": 1}  # every layer one graph (test above); two attentions: 2
+    cached = [p for p in (tmp_path / "cache" / "torchinductor").rglob("*") if p.is_file()]
+    assert cached, "inductor's compiled code should be cached under LORATUNE_CACHE/torchinductor"
+
+
+def test_the_compile_cache_is_loratunes_unless_torchinductor_cache_dir_is_set(tmp_path, monkeypatch):
+    from loratune.compilation import compile_cache_dir
+
+    monkeypatch.setenv("LORATUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache_dir() == tmp_path / "mine"  # the user's choice stands
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    assert compile_cache_dir() == tmp_path / "cache" / "torchinductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "torchinductor")  # what torch reads
 
 
 def test_without_a_cpp_compiler_auto_stays_off_and_true_fails_before_loading(tmp_path, tiny_llama_dir, monkeypatch):

@@ -19,14 +19,17 @@ graph per run rather than two or three: one attention implementation for the who
 `auto` compiles where it was measured to pay: causal models on CPU, in one process, without
 gradient checkpointing, in runs long enough to win back the compile time (`AUTO_MIN_MINUTES` of
 budget, or `AUTO_MIN_STEPS` steps). Compiled code is cached on disk by torch (inductor's cache), so
-a second run of the same model compiles faster.
+a second run of the same model compiles faster; loratune keeps that cache beside its models
+(`compile_cache_dir`), not in torch's default /tmp, which many systems empty at every boot.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import weakref
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -113,6 +116,19 @@ _INPUT_GRADS_ENABLED: weakref.WeakSet = weakref.WeakSet()
 that gradient checkpointing added stays."""
 
 
+def compile_cache_dir() -> Path:
+    """Where inductor caches compiled code for this process: `$TORCHINDUCTOR_CACHE_DIR` if set, else
+    `<loratune's cache>/torchinductor` (set here, as torch reads the variable when it first compiles).
+
+    torch's default is /tmp/torchinductor_<user>, and many systems empty /tmp at boot: then every
+    first run after a restart compiles cold. SmolLM2-135M's first compiled step on a 2-core CPU:
+    ~35-40 s cold against ~8-11 s warm (bench/compile_cost.py layers; README). vLLM keeps its
+    torch.compile cache under ~/.cache for the same reason."""
+    from loratune.catalog import cache_dir
+
+    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor")))
+
+
 def compile_layers(model: Any, *, fall_back: bool = False) -> int:
     """Compile each decoder layer in place (parameter names unchanged, so saving is unaffected).
 
@@ -127,6 +143,7 @@ def compile_layers(model: Any, *, fall_back: bool = False) -> int:
         import torch._dynamo
 
         torch._dynamo.config.suppress_errors = True
+    compile_cache_dir()
     set_use_cache(model, False)
     # The first layer's input is the frozen embeddings' output, which needs no gradient; dynamo
     # guards on that, so the first layer would be a graph of its own, compiled forward and backward

@@ -27,9 +27,13 @@ from typing import Any
 
 import torch
 
-# fp32 logits per chunk: 4M elements (16 MB), under glibc's largest mmap threshold, so chunks are
-# served from the heap and reused step after step instead of being mapped and zeroed afresh.
-CHUNK_ELEMENTS = 4 * 1024 * 1024
+# fp32 logits per chunk: as many as fit under glibc's largest mmap threshold (32 MiB, less 64 KiB
+# for the allocator's headers and page rounding), so chunks are served from the heap and reused
+# step after step instead of being mapped and zeroed afresh: 170 answer rows for SmolLM2's 49,152
+# words. Each chunk reads the whole frozen head (113 MB in fp32), so fewer, larger chunks pay: in
+# fp32 1.041x useful tok/s against 4M elements (16 MB, 85 rows; 1.025x in a first script), bf16
+# 1.004x and 0.997x (bench/fused_loss.py --against-chunk 4194304, session 14).
+CHUNK_ELEMENTS = (32 * 1024 * 1024 - 64 * 1024) // 4
 # On a GPU there are no page faults to avoid (PyTorch's caching allocator reuses its blocks) but
 # every chunk costs kernel launches, and a 135M model's step is launch-bound: 64M elements (256 MB)
 # per chunk. Measured on an H200 (bench/cuda_check.py --fused-loss, 64 rows x 256 tokens, 8,320
