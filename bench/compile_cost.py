@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import train_levers as levers  # noqa: E402
 from loratune.compilation import compile_layers, set_use_cache  # noqa: E402
 from loratune.attention import use_attention_for  # noqa: E402
-from loratune.models import bf16_supported  # noqa: E402
+from loratune.precision import bf16_supported  # noqa: E402
 
 
 def main() -> None:

@@ -42,7 +42,8 @@ from loratune.generate import (  # noqa: E402
     _generate_static, autocast_context, clean_output, encode_batch, generate_texts, generation_kwargs,
     generation_precision,
 )
-from loratune.models import bf16_supported, load_model  # noqa: E402
+from loratune.models import load_model  # noqa: E402
+from loratune.precision import bf16_supported  # noqa: E402
 from loratune.tasks import get_task  # noqa: E402
 
 

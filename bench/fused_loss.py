@@ -39,7 +39,7 @@ from loratune.compilation import compile_layers, set_use_cache  # noqa: E402
 import loratune.loss as loss_module  # noqa: E402
 from loratune.loss import completion_loss_sum  # noqa: E402
 from loratune.attention import use_attention_for  # noqa: E402
-from loratune.models import bf16_supported  # noqa: E402
+from loratune.precision import bf16_supported  # noqa: E402
 
 WARMUP = 3  # steps left out of the figures (compiling, first shapes)
 

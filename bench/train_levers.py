@@ -34,7 +34,8 @@ from loratune.config import LoraSettings, load_config  # noqa: E402
 from loratune.data import load_splits, tokenize_rows  # noqa: E402
 from loratune.lora import apply_lora, prepare_for_precision  # noqa: E402
 from loratune.loss import completion_loss_sum  # noqa: E402
-from loratune.models import bf16_supported, load_model  # noqa: E402
+from loratune.models import load_model  # noqa: E402
+from loratune.precision import bf16_supported  # noqa: E402
 from loratune.tasks import get_task  # noqa: E402
 
 

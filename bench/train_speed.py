@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from loratune.config import LoraSettings, RunConfig, TrainSettings, load_config  # noqa: E402
-from loratune.models import bf16_supported  # noqa: E402
+from loratune.precision import bf16_supported  # noqa: E402
 from loratune.train import train_run  # noqa: E402
 
 # On a CUDA machine everything runs on the GPU (as loratune does there) and the peak is taken on it.

@@ -6,9 +6,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch._inductor.runtime import cache_dir_utils
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 from run_helpers import make_cfg
-from loratune.compilation import compile_decision, compile_layers, decoder_layers, is_compiled, uncompile_layers
+from loratune.compilation import (
+    compile_decision,
+    compile_layers,
+    decoder_layers,
+    is_compiled,
+    uncompile_layers,
+    vec_isa_name,
+)
 from loratune.config import config_from_dict
 from loratune.errors import ConfigError
 from loratune.train import train_run
@@ -157,8 +166,9 @@ def test_a_compiled_run_keeps_one_attention_and_compiles_one_graph(tmp_path, tin
 
     import loratune.attention as attention
 
-    # No TORCHINDUCTOR_CACHE_DIR: the compiled code goes to loratune's cache (compile_cache_dir).
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    # TORCHINDUCTOR_CACHE_DIR holding torch's default, as importing transformers leaves it: the
+    # compiled code goes to loratune's cache (compile_cache_dir) all the same.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
     monkeypatch.setenv("LORATUNE_CACHE", str(tmp_path / "cache"))
     seen = {}
     real = attention.use_attention_for
@@ -188,8 +198,8 @@ def test_a_compiled_run_keeps_one_attention_and_compiles_one_graph(tmp_path, tin
     assert attention.attention_for("cpu", max(w for w, _ in seen["compiled"])) == "sdpa"  # per batch it would switch
     assert any("eager attention for every batch" in m for m in messages)
     assert graphs == {"plain": 0, "compiled": 1}  # every layer one graph (test above); two attentions: 2
-    cached = [p for p in (tmp_path / "cache" / "torchinductor").rglob("*") if p.is_file()]
-    assert cached, "inductor's compiled code should be cached under LORATUNE_CACHE/torchinductor"
+    cached = [p for p in (tmp_path / "cache" / "torchinductor" / vec_isa_name()).rglob("*") if p.is_file()]
+    assert cached, "inductor's compiled code should be cached under LORATUNE_CACHE/torchinductor/<ISA>"
 
 
 def test_the_compile_cache_is_loratunes_unless_torchinductor_cache_dir_is_set(tmp_path, monkeypatch):
@@ -198,9 +208,47 @@ def test_the_compile_cache_is_loratunes_unless_torchinductor_cache_dir_is_set(tm
     monkeypatch.setenv("LORATUNE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert compile_cache_dir() == tmp_path / "mine"  # the user's choice stands
+    ours = tmp_path / "cache" / "torchinductor" / vec_isa_name()
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
-    assert compile_cache_dir() == tmp_path / "cache" / "torchinductor"
-    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "torchinductor")  # what torch reads
+    assert compile_cache_dir() == ours
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(ours)  # what torch reads
+    # torch writes its own default into the variable when it first looks (importing transformers
+    # does): that is not a choice, and loratune's cache replaces it.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    assert compile_cache_dir() == ours
+    assert cache_dir_utils.cache_dir() == str(ours)  # where torch now caches
+
+
+def test_a_real_process_caches_compiled_code_in_loratunes_folder(tmp_path):
+    """In a fresh process, as `loratune train` runs: importing transformers and peft already set the
+    variable to torch's default (session 14's check took that for the user's choice)."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["LORATUNE_CACHE"] = str(tmp_path / "cache")
+    script = ("import os, peft, transformers\n"
+              "from loratune.compilation import compile_cache_dir\n"
+              "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
+              "print(compile_cache_dir()); print(cache_dir())")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    ours = str(tmp_path / "cache" / "torchinductor" / vec_isa_name())
+    assert out.stdout.split() == [ours, ours]
+
+
+def test_each_vector_isa_compiles_into_a_cache_of_its_own(tmp_path, monkeypatch):
+    """A cache written where inductor generates AVX-512 code, read where it generates AVX2 code,
+    trained SmolLM2 with NaN losses (README): machines sharing ~/.cache must not share compiled code."""
+    from loratune.compilation import compile_cache_dir
+
+    monkeypatch.setenv("LORATUNE_CACHE", str(tmp_path / "cache"))
+    folders = set()
+    for capability in ("avx2", "default"):  # torch's own switch; every x86-64 CPU here has AVX2
+        monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)
+        monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+        folders.add(compile_cache_dir())
+    assert {folder.name for folder in folders} == {"avx2", "invalid_vec_isa"}
+    assert {folder.parent for folder in folders} == {tmp_path / "cache" / "torchinductor"}
 
 
 def test_without_a_cpp_compiler_auto_stays_off_and_true_fails_before_loading(tmp_path, tiny_llama_dir, monkeypatch):

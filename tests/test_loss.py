@@ -120,7 +120,7 @@ def test_training_with_the_fused_loss_logs_the_plain_losses(tmp_path, tiny_llama
     """The same run with the fused loss and with the plain one: the same logged training and
     evaluation losses; the eval-loss passes (loss only) take the fused path too, without a gradient."""
     import loratune.loss as loss_module
-    from loratune.models import bf16_supported
+    from loratune.precision import bf16_supported
     from loratune.train import train_run
 
     calls = []

@@ -14,7 +14,6 @@ from transformers import BartConfig, LlamaConfig, T5Config, ViTConfig
 from loratune import catalog
 from loratune.errors import ModelError
 from loratune.models import (
-    bf16_supported,
     detect_model_type,
     load_model,
     memory_footprint_gb,
@@ -196,31 +195,3 @@ def test_memory_footprint_gb(tiny_llama_dir: Path) -> None:
     expected = sum(p.numel() * 4 for p in model.parameters()) + sum(
         b.numel() * b.element_size() for b in model.buffers())
     assert memory_footprint_gb(model) == pytest.approx(expected / 1e9)
-
-
-@pytest.mark.parametrize("flags, native", [
-    ("fpu sse avx2 fma", False),                    # AVX2 only: bf16 would be emulated
-    ("fpu avx2 avx512f avx512_bf16", True),          # AVX-512 BF16
-    ("fpu avx2 avx512f amx_tile amx_bf16", True),    # AMX
-])
-def test_bf16_supported_reads_the_cpu_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, flags, native) -> None:
-    import loratune.models
-
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
-    monkeypatch.setattr(loratune.models, "CPUINFO", str(cpuinfo))
-    monkeypatch.delenv("LORATUNE_PRECISION", raising=False)
-    assert bf16_supported("cpu") is native
-    assert bf16_supported("meta") is False
-
-
-def test_precision_switch_forces_either_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    from loratune.errors import ConfigError
-
-    monkeypatch.setenv("LORATUNE_PRECISION", "bf16")
-    assert bf16_supported("cpu") is True
-    monkeypatch.setenv("LORATUNE_PRECISION", "fp32")
-    assert bf16_supported("cpu") is False
-    monkeypatch.setenv("LORATUNE_PRECISION", "fp16")
-    with pytest.raises(ConfigError, match="LORATUNE_PRECISION='fp16': use fp32 or bf16"):
-        bf16_supported("cpu")

@@ -149,3 +149,21 @@ def test_every_causal_training_step_picks_its_attention(tmp_path, tiny_llama_dir
     assert all(impl == attention.attention_for(device, width) for device, width, impl in chosen)
     if all(str(device).startswith("cpu") for device, _, _ in chosen):
         assert all(impl == "eager" for _, width, impl in chosen if width <= attention.EAGER_ATTENTION_MAX_TOKENS)
+
+
+@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_t5_dir"])
+def test_a_loss_that_is_not_finite_stops_the_run_before_an_adapter_is_saved(tmp_path, model_fixture, request):
+    """The Trainer alone would log a loss of 0 and a grad norm of nan, and save a NaN adapter."""
+    from loratune.errors import TrainingError
+    from loratune.train import train_run
+
+    model_dir = request.getfixturevalue(model_fixture)
+    cfg = make_cfg(tmp_path, model_dir, name="diverges", lr=1e30, max_steps=20, eval_steps=100, precision="fp32")
+    with pytest.raises(TrainingError, match=r"training step (\d+): the loss is (nan|inf).*Lower train.lr \(now 1e\+30\)"):
+        train_run(cfg, log=lambda _: None)
+    run_dir = tmp_path / "runs" / "diverges"
+    assert not (run_dir / "adapter").exists()
+    # Nothing left blocks the retry: the same run with a sane learning rate trains and saves.
+    fixed = make_cfg(tmp_path, model_dir, name="diverges", lr=1e-2, max_steps=2, eval_steps=100, precision="fp32")
+    result = train_run(fixed, overwrite=True, log=lambda _: None)
+    assert (result.run_dir / "adapter" / "adapter_config.json").is_file()

@@ -19,8 +19,9 @@ graph per run rather than two or three: one attention implementation for the who
 `auto` compiles where it was measured to pay: causal models on CPU, in one process, without
 gradient checkpointing, in runs long enough to win back the compile time (`AUTO_MIN_MINUTES` of
 budget, or `AUTO_MIN_STEPS` steps). Compiled code is cached on disk by torch (inductor's cache), so
-a second run of the same model compiles faster; loratune keeps that cache beside its models
-(`compile_cache_dir`), not in torch's default /tmp, which many systems empty at every boot.
+a second run of the same model compiles faster; loratune keeps that cache beside its models, one
+folder per vector ISA (`compile_cache_dir`), not in torch's default /tmp, which many systems empty at
+every boot.
 """
 
 from __future__ import annotations
@@ -117,16 +118,41 @@ that gradient checkpointing added stays."""
 
 
 def compile_cache_dir() -> Path:
-    """Where inductor caches compiled code for this process: `$TORCHINDUCTOR_CACHE_DIR` if set, else
-    `<loratune's cache>/torchinductor` (set here, as torch reads the variable when it first compiles).
+    """Where inductor caches compiled code for this process: `$TORCHINDUCTOR_CACHE_DIR` if the user
+    set it, else `<loratune's cache>/torchinductor/<vector ISA>` (set here: torch reads the variable
+    whenever it looks for its cache).
 
     torch's default is /tmp/torchinductor_<user>, and many systems empty /tmp at boot: then every
     first run after a restart compiles cold. SmolLM2-135M's first compiled step on a 2-core CPU:
     ~35-40 s cold against ~8-11 s warm (bench/compile_cost.py layers; README). vLLM keeps its
-    torch.compile cache under ~/.cache for the same reason."""
+    torch.compile cache under ~/.cache for the same reason.
+
+    One folder per vector ISA (`vec_isa_name`), because ~/.cache may be shared by machines of
+    different kinds (a home directory on NFS), and torch 2.13's cache is not safe across them: a
+    cache written on an AVX-512 CPU, read where inductor generates AVX2 code, gave NaN losses from the
+    first step (SmolLM2-135M, fp32; `ATEN_CPU_CAPABILITY=avx2` on an AVX-512 machine: its cached
+    graphs were reused and their AVX-512 kernel source compiled for AVX2; README, "An AVX2-only CPU")."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
     from loratune.catalog import cache_dir
 
-    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor")))
+    # torch writes its default into the variable the first time it looks (importing transformers
+    # and peft does), so "set" means set to anything but that default. (Session 14 took any value
+    # for the user's choice, and its cache stayed in /tmp outside the tests.)
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current and os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+        return Path(current)
+    ours = cache_dir() / "torchinductor" / vec_isa_name()
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(ours)  # torch reads it at every use
+    return ours
+
+
+def vec_isa_name() -> str:
+    """The vector ISA inductor generates CPU code for here, as a folder name: `avx512-avx512_vnni`,
+    `avx2`, `amx...`, `invalid_vec_isa` (no vector code), ... (`ATEN_CPU_CAPABILITY` can lower it)."""
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    return "-".join(str(pick_vec_isa()).lower().split()) or "invalid_vec_isa"
 
 
 def compile_layers(model: Any, *, fall_back: bool = False) -> int:

@@ -45,6 +45,11 @@ class RunDirError(LoratuneError):
     (an adapter or a checkpoint), has nothing to resume, or is in use by another training."""
 
 
+class TrainingError(LoratuneError):
+    """Raised when training goes wrong in a way no setting check could see first: a loss that is
+    not finite (NaN or infinite)."""
+
+
 class SqlError(LoratuneError):
     """Raised when SQL evaluation inputs are malformed (misaligned gold and predictions,
     missing database directory)."""

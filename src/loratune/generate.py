@@ -69,7 +69,7 @@ def generation_kwargs(settings: GenerationSettings, tokenizer: Any) -> dict[str,
 def bf16_generation(model: Any) -> bool:
     """Whether generation with `model` computes its matmuls in bf16: fp32 weights on a device with
     native bf16 (`LORATUNE_PRECISION` forces the answer), the same choice training makes."""
-    from loratune.models import bf16_supported
+    from loratune.precision import bf16_supported
 
     # The embedding's dtype is the residual stream's: fp32 there means an fp32 model, whatever
     # `cast_linear_weights` did to its Linear layers.

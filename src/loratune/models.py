@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from loratune import catalog
-from loratune.errors import ConfigError, ModelError
+from loratune.errors import ModelError
 
 ModelType = Literal["seq2seq", "causal"]
 SourceType = Literal["catalog", "local", "gguf", "hub"]
@@ -209,55 +209,6 @@ def detect_model_type(config: Any) -> ModelType:
         f"model_type {model_type!r} is neither a seq2seq nor a causal language model; "
         "loratune fine-tunes encoder-decoder (e.g. T5) and decoder-only (e.g. Llama) models"
     )
-
-
-PRECISION_ENV = "LORATUNE_PRECISION"
-CPUINFO = "/proc/cpuinfo"
-
-
-def bf16_supported(device: str | torch.device | None = None) -> bool:
-    """Whether `device` computes in bfloat16 natively (so bf16 training is fast, not emulated).
-
-    CUDA asks torch; CPU needs AVX-512 BF16 or AMX (read from /proc/cpuinfo, else oneDNN).
-    `LORATUNE_PRECISION=fp32|bf16` forces the answer, so the bf16 path can be exercised (emulated,
-    slowly) on a CPU without native bf16, and the fp32 path on one with it: the test suite runs both.
-    """
-    forced = os.environ.get(PRECISION_ENV, "").strip().lower()
-    if forced:
-        if forced not in ("fp32", "bf16"):
-            raise ConfigError(f"{PRECISION_ENV}={forced!r}: use fp32 or bf16, or unset it")
-        return forced == "bf16"
-    device_type = torch.device(device).type if device is not None else (
-        "cuda" if torch.cuda.is_available() else "cpu")
-    if device_type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device_type != "cpu":
-        return False
-    try:
-        with open(CPUINFO) as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(check()) if check is not None else False
-    except RuntimeError:
-        return False
-
-
-def weights_dtype_for(setting: str) -> torch.dtype:
-    """The dtype to load base weights in, for `train.weights_dtype`.
-
-    `auto` loads fp32: under bf16 autocast, `lora.prepare_for_precision` then stores the frozen
-    projection weights in bf16 (autocast rounds them so anyway) and keeps embeddings, norms and the
-    residual stream fp32. Loading *every* weight in bf16 (`bf16`, the original recipe) made CPU
-    training slower: a bf16 residual stream, and a bf16 tied vocabulary projection that matmul
-    copies once per row (bench/train_levers.py).
-    """
-    return torch.bfloat16 if setting == "bf16" else torch.float32
 
 
 def memory_footprint_gb(model: Any) -> float:

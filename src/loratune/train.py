@@ -103,7 +103,8 @@ def check_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False) 
 def load_lora_model(plan: RunPlan, log: Log) -> tuple[Any, dict[str, str]]:
     """The base model's weights with LoRA layers on top, and the lines the original printed."""
     from loratune.lora import apply_lora, prepare_for_precision, trainable_parameters_line
-    from loratune.models import load_model, memory_footprint_gb, weights_dtype_for
+    from loratune.models import load_model, memory_footprint_gb
+    from loratune.precision import weights_dtype_for
 
     cfg = plan.cfg
     loaded = load_model(cfg.model, dtype=weights_dtype_for(cfg.train.weights_dtype),
@@ -147,7 +148,8 @@ def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
     from loratune.compilation import EagerEvaluation
     from loratune.data import pad_multiple
     from loratune.trainer import (
-        CompletionLossTrainer, EvalBatchFollowsTrain, LoratuneTrainer, MetricsLogger, PaceClock, SeededSampling,
+        CompletionLossTrainer, EvalBatchFollowsTrain, FiniteLoss, LoratuneTrainer, MetricsLogger, PaceClock,
+        SeededSampling,
     )
 
     cfg, tokenizer = plan.cfg, plan.model.tokenizer
@@ -162,7 +164,7 @@ def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
         pad_to_multiple_of=None if cfg.train.pad_to_max_length else pad_multiple(cfg.train.pad_to_multiple_of, plan.device, plan.precision),
     )
     if not causal:
-        trainer_cls = type("LoratuneSeq2SeqTrainer", (EagerEvaluation, SeededSampling, Seq2SeqTrainer), {})
+        trainer_cls = type("LoratuneSeq2SeqTrainer", (FiniteLoss, EagerEvaluation, SeededSampling, Seq2SeqTrainer), {})
     else:
         trainer_cls = CompletionLossTrainer if cfg.train.completion_only_logits else LoratuneTrainer
     return trainer_cls(

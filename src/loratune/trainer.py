@@ -21,7 +21,7 @@ from transformers import Trainer, TrainerCallback
 
 from loratune.compilation import EagerEvaluation
 from loratune.config import RunConfig
-from loratune.errors import ConfigError
+from loratune.errors import ConfigError, TrainingError
 from loratune.records import append_jsonl
 
 class SeededLengthGroupedSampler(torch.utils.data.Sampler):
@@ -78,8 +78,27 @@ class WidthAttention:
         return super().compute_loss(model, inputs, *args, **kwargs)
 
 
-class LoratuneTrainer(EagerEvaluation, WidthAttention, SeededSampling, Trainer):
-    """transformers' Trainer with seeded length-grouped sampling and per-batch attention."""
+class FiniteLoss:
+    """Mixed into every loratune Trainer: stop at the first step whose loss is NaN or infinite.
+
+    The Trainer itself only keeps such steps out of its logged average (`logging_nan_inf_filter`):
+    the log shows a loss of 0 and a grad norm of nan, the adapter's weights become NaN, and the run
+    goes on to its end and saves them. Checking costs nothing extra: that filter already reads the
+    loss on every step."""
+
+    def training_step(self, model: Any, inputs: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        loss = super().training_step(model, inputs, *args, **kwargs)
+        if not bool(torch.isfinite(loss).all()):
+            raise TrainingError(
+                f"training step {self.state.global_step + 1}: the loss is {loss.item()}, so every weight it updates "
+                "would be too; stopped before saving an adapter. Lower train.lr "
+                f"(now {self.args.learning_rate:g}); if the loss was finite with train.compile: false, the "
+                "compiled kernels are at fault (README, \"When things go wrong\")")
+        return loss
+
+
+class LoratuneTrainer(FiniteLoss, EagerEvaluation, WidthAttention, SeededSampling, Trainer):
+    """transformers' Trainer with seeded length-grouped sampling, per-batch attention, a finite loss."""
 
 
 class CompletionLoss:
@@ -128,7 +147,7 @@ class CompletionLoss:
         return (loss, outputs) if return_outputs else loss
 
 
-class CompletionLossTrainer(EagerEvaluation, WidthAttention, CompletionLoss, SeededSampling, Trainer):
+class CompletionLossTrainer(FiniteLoss, EagerEvaluation, WidthAttention, CompletionLoss, SeededSampling, Trainer):
     """The causal Trainer: completion-only logits, per-batch attention, seeded length grouping.
     Mixins, not methods of this class, so each `compute_loss` runs and hands on with `super()`
     (a method defined here would shadow WidthAttention's)."""
@@ -212,7 +231,7 @@ def evaluate_fitting(trainer: Any) -> dict[str, float]:
 
 def resolve_precision(cfg: RunConfig, model_type: str, device: str) -> str:
     """`auto` -> bf16 where the hardware supports it (CPU included), else fp32. Never fp16 for T5."""
-    from loratune.models import bf16_supported
+    from loratune.precision import bf16_supported
 
     precision = cfg.train.precision
     if precision == "fp16" and model_type == "seq2seq":
