@@ -165,5 +165,5 @@ def test_a_loss_that_is_not_finite_stops_the_run_before_an_adapter_is_saved(tmp_
     assert not (run_dir / "adapter").exists()
     # Nothing left blocks the retry: the same run with a sane learning rate trains and saves.
     fixed = make_cfg(tmp_path, model_dir, name="diverges", lr=1e-2, max_steps=2, eval_steps=100, precision="fp32")
-    result = train_run(fixed, overwrite=True, log=lambda _: None)
+    result = train_run(fixed, log=lambda _: None)  # no --overwrite: the stopped run left no adapter or checkpoint
     assert (result.run_dir / "adapter" / "adapter_config.json").is_file()
