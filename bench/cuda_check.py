@@ -27,6 +27,7 @@ from loratune.loss import CHUNK_ELEMENTS, DEVICE_CHUNK_ELEMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "text2sql-smollm2.yaml"
+T5_CONFIG = ROOT / "configs" / "finance-qa-flan-t5-large.yaml"  # the original recipe
 # Run one config through the CLI in this process's Python, optionally under a cap on CUDA memory:
 # the cap makes the auto batch search meet real out-of-memory errors on an 80 GB card.
 CAPPED = (
@@ -47,6 +48,23 @@ def random_model(shape: Path, out: Path) -> Path:
     for path in shape.iterdir():
         if path.name != "model.safetensors" and not (out / path.name).exists():
             shutil.copy(path, out / path.name)
+    return out
+
+
+def random_t5_large(out: Path) -> Path:
+    """FLAN-T5-large's shape (24 + 24 layers, d_model 1024, gated-GELU, ~780M parameters) with seeded
+    random bf16 weights and ByT5's byte tokenizer (vocabulary 384: no SentencePiece model can reach
+    the GPU machine). Checks the original recipe's machinery at its real size, not its accuracy."""
+    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    tokenizer = ByT5Tokenizer()
+    config = T5Config(vocab_size=len(tokenizer), d_model=1024, d_kv=64, d_ff=2816, num_layers=24,
+                      num_decoder_layers=24, num_heads=16, feed_forward_proj="gated-gelu",
+                      tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
+                      eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+    T5ForConditionalGeneration(config).to(torch.bfloat16).save_pretrained(out)
+    tokenizer.save_pretrained(out)
     return out
 
 
@@ -106,9 +124,9 @@ def fused_loss_check(model_dir: Path, device: str = "cuda", batch: int = 16, wid
             "peak_gb": {k: round(g, 3) for k, g in peak.items()}}
 
 
-def run(name: str, sets: list[str], log: Path, fraction: float = 1.0) -> dict:
-    """`loratune run` with the demo config and `sets`; returns its summaries (training + eval)."""
-    command = [sys.executable, "-c", CAPPED, str(fraction), "run", str(CONFIG), "--overwrite",
+def run(name: str, sets: list[str], log: Path, fraction: float = 1.0, config: Path = CONFIG) -> dict:
+    """`loratune run` with `config` (the demo's by default) and `sets`; returns its summaries (training + eval)."""
+    command = [sys.executable, "-c", CAPPED, str(fraction), "run", str(config), "--overwrite",
                "--set", f"name={name}", *[a for s in sets for a in ("--set", s)]]
     started = time.perf_counter()
     with log.open("a") as out:
@@ -142,31 +160,46 @@ def main() -> None:
             print(json.dumps(fused_loss_check(model, batch=batch, answer=answer, repeats=15, chunks=(2**22, 2**26))))
         return
     common = [f"model={model}", "train.max_minutes=null", f"train.max_steps={args.steps}"]
+    capped = 2.0 / (torch.cuda.get_device_properties(0).total_memory / 1e9)
+    # Time-budgeted: many epochs as the upper bound, so the budget (not the data) ends the run.
+    budget = [f"model={model}", "train.epochs=50", "train.batch_size=auto"]
     runs = {
         # bf16 on the GPU, auto batch on a card with room to spare.
         "cuda-bf16-auto": (common + ["train.batch_size=auto"], 1.0),
         # auto batch under a ~2 GB cap: the search has to shrink the batch.
-        "cuda-auto-capped": (common + ["train.batch_size=auto", "train.max_steps=10", "eval.limit=16"],
-                             2.0 / (torch.cuda.get_device_properties(0).total_memory / 1e9)),
+        "cuda-auto-capped": (common + ["train.batch_size=auto", "train.max_steps=10", "eval.limit=16"], capped),
+        # train.max_minutes on a GPU: the steps are timed on the host while CUDA runs ahead.
+        "cuda-budget": (budget + ["train.max_minutes=1", "eval.limit=32"], 1.0),
+        # ...and with the batch search's out-of-memory retries before the first step.
+        "cuda-budget-capped": (budget + ["train.max_minutes=0.5", "eval.limit=16"], capped),
         # QLoRA: 4-bit NF4 base weights (bitsandbytes), bf16 compute, fp32 adapters.
         "cuda-qlora": (common + ["train.load_in_4bit=true", "train.batch_size=16", "eval.limit=32"], 1.0),
         # the same batch in plain bf16, to set QLoRA's memory and speed beside
         "cuda-bf16-b16": (common + ["train.batch_size=16", "eval.limit=32"], 1.0),
+        # The original recipe (FLAN-T5-large shape, r16 q/v/o, bias=all, bf16, grad-accum 8, auto batch)
+        # on the shipped finance-alpaca sample: the seq2seq path at its real size. 3 steps: each is 8
+        # batches of up to 64 rows x 512 tokens through a 780M model.
+        "cuda-t5-large": (["model=T5", "data.train=data/finance-alpaca/sample.jsonl", "train.max_steps=3",
+                           "eval.limit=16", "eval.generation.max_new_tokens=48"], 1.0, T5_CONFIG),
     }
     results = []
     for name in args.only.split(",") if args.only else runs:
-        sets, fraction = runs[name]
-        results.append(run(name, sets, log, fraction))
+        sets, fraction, *config = runs[name]
+        if config:
+            sets = [f"model={random_t5_large(Path('/tmp/t5-large-random'))}" if s == "model=T5" else s for s in sets]
+        results.append(run(name, sets, log, fraction, *config))
         # written after every run, so a run cut short by a time limit keeps the others
         (args.out / "cuda_summaries.json").write_text(json.dumps(results, indent=1))
     print(f"\n{torch.cuda.get_device_name()} | torch {torch.__version__}")
-    print("| run | exit | wall s | batch | steps | tok/s | precision | peak GPU GB | footprint | eval loss |"
-          " generation s | SQL valid base/LoRA |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| run | exit | wall s | batch | steps | train s (budget) | tok/s | precision | peak GPU GB | footprint |"
+          " eval loss | generation s | SQL valid base/LoRA |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         s, e = r.get("train", {}), r.get("eval", {})
         valid = "/".join(f"{e[side].get('sql_valid', 0):.2f}" for side in ("base", "lora")) if e else "-"
+        budget_s = f" ({60 * s['max_minutes']:g})" if s.get("max_minutes") else ""
         print(f"| {r['name']} | {r['exit_code']} | {r['wall_s']} | {s.get('batch_size')} | {s.get('steps')} | "
+              f"{s.get('wall_time_s')}{budget_s} | "
               f"{s.get('tokens_per_s')} | {s.get('precision')} | {s.get('peak_gpu_memory_gb')} | "
               f"{s.get('memory_line', '').split(': ')[-1]} | {s.get('eval_loss_start') or float('nan'):.3f} -> "
               f"{s.get('eval_loss_end') or float('nan'):.3f} | {e.get('generation_s')} | {valid} |")

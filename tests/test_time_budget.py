@@ -110,3 +110,29 @@ def test_compiled_run_fits_its_budget_after_three_timed_steps():
     assert compiled == ["train.max_minutes=6: 1.90s per step -> 149 steps"]  # one fit, no refit
     assert 0.95 * 360 <= elapsed <= 360 and steps == 149
     assert last_lr == pytest.approx(0.0, abs=1e-9)
+
+
+def test_the_budget_counts_the_batch_size_search_before_the_steps():
+    """`train.batch_size: auto` restarts training after each out-of-memory error (on_train_begin
+    again): the seconds spent there are gone from the budget, and the pace is measured afresh."""
+    from types import SimpleNamespace
+
+    clock, messages = [0.0], []
+    budget = TimeBudget(1.0, warmup_ratio=0.0, eval_s=0.0, log=messages.append, clock=lambda: clock[0])
+    args, control = SimpleNamespace(eval_strategy="no"), SimpleNamespace(should_training_stop=False)
+    state = SimpleNamespace(global_step=0, max_steps=1000, eval_steps=None)
+    budget.on_train_begin(args, state, control)
+    for step in (1, 2):  # a bigger batch: 5 s per step, then out of memory
+        clock[0] += 5.0
+        state.global_step = step
+        budget.on_step_end(args, state, control)
+    clock[0] += 10.0  # the search's retries
+    state = SimpleNamespace(global_step=0, max_steps=1000, eval_steps=None)
+    budget.on_train_begin(args, state, control)
+    while not control.should_training_stop:
+        state.global_step += 1
+        clock[0] += 1.0
+        budget.on_step_end(args, state, control)
+    assert 0.95 * 60 <= clock[0] <= 60  # the whole run, search included, within the minute
+    assert state.global_step in range(38, 41)  # 60 s - 20 s spent = 40 steps of 1 s, not 60
+    assert any("-> 40 steps (20s went to finding the batch size)" in m for m in messages)

@@ -167,3 +167,48 @@ def test_a_loss_that_is_not_finite_stops_the_run_before_an_adapter_is_saved(tmp_
     fixed = make_cfg(tmp_path, model_dir, name="diverges", lr=1e-2, max_steps=2, eval_steps=100, precision="fp32")
     result = train_run(fixed, log=lambda _: None)  # no --overwrite: the stopped run left no adapter or checkpoint
     assert (result.run_dir / "adapter" / "adapter_config.json").is_file()
+
+
+@pytest.mark.parametrize("model_fixture,trainer_name", [
+    ("tiny_llama_dir", "CompletionLossTrainer"), ("tiny_llama_dir", "LoratuneTrainer"),
+    ("tiny_t5_dir", "LoratuneSeq2SeqTrainer")])
+def test_the_eval_loss_is_the_mean_over_answer_tokens_whatever_the_eval_batch(tmp_path, model_fixture, trainer_name,
+                                                                             request):
+    """transformers averages batch means (weighted by the batch size), so its eval loss moved with the
+    eval batch; loratune's is the mean over every answer token of the eval set, at any batch size."""
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments, Trainer
+
+    import loratune.trainer as trainer_module
+    from loratune.config import DataSettings
+    from loratune.data import tokenize_rows
+    from loratune.models import load_model
+    from loratune.tasks import get_task
+
+    loaded = load_model(str(request.getfixturevalue(model_fixture)), device="cpu")
+    model_type = "seq2seq" if model_fixture == "tiny_t5_dir" else "causal"
+    rows = [{"prompt": f"question {i}", "completion": "x" * length}
+            for i, length in enumerate((1, 30, 2, 17, 3))]  # answers of very different lengths
+    features, _ = tokenize_rows(rows, get_task("prompt-completion"), loaded.tokenizer, model_type, DataSettings())
+    collate = DataCollatorForSeq2Seq(loaded.tokenizer, label_pad_token_id=-100, padding=True)
+    # Expected: every answer token's loss, row by row, summed and divided by the answer tokens.
+    total = tokens = 0.0
+    with torch.no_grad():
+        for feature in features:
+            batch = collate([feature])
+            count = int((batch["labels"] if model_type == "seq2seq" else batch["labels"][:, 1:]).ne(-100).sum())
+            total += float(loaded.model(**batch).loss) * count
+            tokens += count
+    expected = total / tokens
+
+    def eval_loss(cls, batch_size):
+        args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[],
+                                        per_device_eval_batch_size=batch_size)
+        trainer = cls(model=loaded.model, args=args, eval_dataset=Dataset.from_list(features), data_collator=collate)
+        return trainer.evaluate()["eval_loss"]
+
+    cls = getattr(trainer_module, trainer_name)
+    for batch_size in (1, 2, 5):
+        assert eval_loss(cls, batch_size) == pytest.approx(expected, rel=1e-5)
+    # The fixture is one where transformers' own average is off: the test would catch its return.
+    assert eval_loss(Trainer, 2) != pytest.approx(expected, rel=1e-3)

@@ -63,6 +63,8 @@ class TimeBudget(TrainerCallback):
         self.calibrate_steps = calibrate_steps
         self.clock = clock
         self.started = clock()
+        self.began = False
+        self.search_s = 0.0  # seconds before the batch size that fits (train.batch_size: auto on CUDA)
         self.last_step_end: float | None = None
         self.durations: list[float] = []
         self.fitted_steps: int | None = None
@@ -70,7 +72,15 @@ class TimeBudget(TrainerCallback):
         self.checked_at = 0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.started = self.clock()
+        """The budget starts at the first call. `train.batch_size: auto` on CUDA calls it again for
+        each smaller batch it retries after an out-of-memory error: that search is part of the
+        run's wall time (on an H200 capped at 2 GB it took 27 s of a 30 s budget, and the run
+        overshot to 57 s when the clock restarted here), so only the pace is measured afresh."""
+        if self.began:
+            self.last_step_end, self.durations, self.fitted_steps, self.upper_steps = None, [], None, None
+            self.checked_at, self.search_s = 0, self.clock() - self.started
+        else:
+            self.began, self.started = True, self.clock()
 
     def pace(self) -> float | None:
         """Seconds per step after the first: the mean step, leaving out steps over 8x the median.
@@ -111,6 +121,7 @@ class TimeBudget(TrainerCallback):
             self.checked_at = step
             self.log(
                 f"train.max_minutes={self.budget_s / 60:g}: {pace:.2f}s per step -> {fitted} steps"
+                + (f" ({self.search_s:.0f}s went to finding the batch size)" if self.search_s else "")
                 + ("" if stretched else " (this LR schedule has no length to stretch)")
             )
         elif self.fitted_steps is not None and pace is not None and step < state.max_steps and (

@@ -143,13 +143,12 @@ def compile_for_training(plan: RunPlan, model: Any, world_size: int, log: Log) -
 def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
     """A Trainer (Seq2SeqTrainer for T5) with dynamic padding and the recording callbacks."""
     from datasets import Dataset  # the Trainer's length-grouped sampler reads lengths from a Dataset
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+    from transformers import DataCollatorForSeq2Seq
 
-    from loratune.compilation import EagerEvaluation
     from loratune.data import pad_multiple
     from loratune.trainer import (
-        CompletionLossTrainer, EvalBatchFollowsTrain, FiniteLoss, LoratuneTrainer, MetricsLogger, PaceClock,
-        SeededSampling,
+        CompletionLossTrainer, EvalBatchFollowsTrain, LoratuneSeq2SeqTrainer, LoratuneTrainer, MetricsLogger,
+        PaceClock,
     )
 
     cfg, tokenizer = plan.cfg, plan.model.tokenizer
@@ -164,7 +163,7 @@ def build_trainer(plan: RunPlan, model: Any, args: Any, run_dir: Path) -> Any:
         pad_to_multiple_of=None if cfg.train.pad_to_max_length else pad_multiple(cfg.train.pad_to_multiple_of, plan.device, plan.precision),
     )
     if not causal:
-        trainer_cls = type("LoratuneSeq2SeqTrainer", (FiniteLoss, EagerEvaluation, SeededSampling, Seq2SeqTrainer), {})
+        trainer_cls = LoratuneSeq2SeqTrainer
     else:
         trainer_cls = CompletionLossTrainer if cfg.train.completion_only_logits else LoratuneTrainer
     return trainer_cls(

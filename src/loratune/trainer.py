@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Seq2SeqTrainer, Trainer, TrainerCallback
 
 from loratune.compilation import EagerEvaluation
 from loratune.config import RunConfig
@@ -97,8 +97,56 @@ class FiniteLoss:
         return loss
 
 
-class LoratuneTrainer(FiniteLoss, EagerEvaluation, WidthAttention, SeededSampling, Trainer):
-    """transformers' Trainer with seeded length-grouped sampling, per-batch attention, a finite loss."""
+class TokenMeanEvalLoss:
+    """Mixed into every loratune Trainer: the eval loss is the mean over the eval set's answer tokens,
+    whatever the eval batch size.
+
+    transformers averages each batch's mean loss, weighted by the configured batch size
+    (`losses.repeat(batch_size)` in `evaluation_loop`), so rows in short-answer batches weigh more
+    and the figure moved with the batch: the untrained demo model read 1.991 at 2 rows per batch and
+    1.832 at 8 on the same 16 rows. Curves of runs with different batch sizes were not comparable.
+    Here each batch's loss (a mean over its answer tokens) is multiplied back by that token count
+    and summed, and the loop's figure is replaced by sum / tokens, added up across processes (under
+    DDP the sampler may repeat a few rows to even out the last batch; they count here)."""
+
+    _eval_sums: list[torch.Tensor] | None = None  # [loss x tokens, tokens] per batch, during a loop
+
+    def evaluation_loop(self, dataloader: Any, description: str, prediction_loss_only: bool | None = None,
+                        ignore_keys: Any = None, metric_key_prefix: str = "eval") -> Any:
+        self._eval_sums = []
+        try:
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys,
+                                             metric_key_prefix)
+            sums = self._eval_sums
+        finally:
+            self._eval_sums = None
+        key = f"{metric_key_prefix}_loss"
+        if sums and key in output.metrics:
+            total = self.accelerator.reduce(torch.stack(sums).sum(0), reduction="sum")
+            if total[1] > 0 and bool(torch.isfinite(total[0])):  # else keep the Trainer's (it filters NaN)
+                output.metrics[key] = (total[0] / total[1]).item()
+        return output
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        if self._eval_sums is None:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # In an evaluation, the loss of this process's batch alone: the Trainer would divide by the
+        # answer tokens of all processes' batches (gathered), which only the sum below needs.
+        result = super().compute_loss(model, inputs, return_outputs, None)
+        loss, targets = (result[0] if return_outputs else result), inputs.get("labels")
+        if targets is not None:
+            # A causal model predicts token t+1 from position t: its loss leaves out each row's first label.
+            if not getattr(getattr(self.model, "config", None), "is_encoder_decoder", False):
+                targets = targets[..., 1:]
+            tokens = (targets != -100).sum().to(loss.device, torch.float32)
+            self._eval_sums.append(torch.stack([loss.detach().float() * tokens, tokens]))
+        return result
+
+
+class LoratuneTrainer(FiniteLoss, TokenMeanEvalLoss, EagerEvaluation, WidthAttention, SeededSampling, Trainer):
+    """transformers' Trainer with seeded length-grouped sampling, per-batch attention, a finite loss,
+    an eval loss averaged over tokens."""
 
 
 class CompletionLoss:
@@ -147,10 +195,14 @@ class CompletionLoss:
         return (loss, outputs) if return_outputs else loss
 
 
-class CompletionLossTrainer(FiniteLoss, EagerEvaluation, WidthAttention, CompletionLoss, SeededSampling, Trainer):
+class CompletionLossTrainer(FiniteLoss, TokenMeanEvalLoss, EagerEvaluation, WidthAttention, CompletionLoss, SeededSampling, Trainer):
     """The causal Trainer: completion-only logits, per-batch attention, seeded length grouping.
     Mixins, not methods of this class, so each `compute_loss` runs and hands on with `super()`
     (a method defined here would shadow WidthAttention's)."""
+
+
+class LoratuneSeq2SeqTrainer(FiniteLoss, TokenMeanEvalLoss, EagerEvaluation, SeededSampling, Seq2SeqTrainer):
+    """The seq2seq (T5) Trainer: seeded length grouping, a finite loss, an eval loss averaged over tokens."""
 
 
 class MetricsLogger(TrainerCallback):
