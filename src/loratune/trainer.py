@@ -1,6 +1,6 @@
-"""What loratune adds to transformers' Trainer: completion-only logits, a log written as it goes,
-the pace of the steps, and the mapping from loratune's settings to TrainingArguments. (The
-wall-clock budget, `train.max_minutes`, is loratune/time_budget.py.)
+"""What loratune adds to transformers' Trainer: completion-only logits, an eval loss averaged over
+tokens, a log written as it goes, the pace of the steps, and the mapping from loratune's settings
+to TrainingArguments. (The wall-clock budget, `train.max_minutes`, is loratune/time_budget.py.)
 
 We build on Trainer / Seq2SeqTrainer instead of a hand-written loop so that resume, gradient
 accumulation, schedules, checkpointing and multi-process training (torchrun / accelerate) come from
@@ -195,7 +195,8 @@ class CompletionLoss:
         return (loss, outputs) if return_outputs else loss
 
 
-class CompletionLossTrainer(FiniteLoss, TokenMeanEvalLoss, EagerEvaluation, WidthAttention, CompletionLoss, SeededSampling, Trainer):
+class CompletionLossTrainer(FiniteLoss, TokenMeanEvalLoss, EagerEvaluation, WidthAttention, CompletionLoss,
+                            SeededSampling, Trainer):
     """The causal Trainer: completion-only logits, per-batch attention, seeded length grouping.
     Mixins, not methods of this class, so each `compute_loss` runs and hands on with `super()`
     (a method defined here would shadow WidthAttention's)."""
