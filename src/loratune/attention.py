@@ -22,6 +22,9 @@ def attention_for(device: str, width: int) -> str:
     On CPU, SDPA's fused kernel has a slow backward pass for short rows: at 128 tokens eager
     attention (plain bf16 matmuls + softmax) takes 0.66x its time, at 512 tokens 2.3x, at 2048
     5.3x (fwd + bwd under bf16 autocast, bench/train_levers.py's attention lever). GPUs keep SDPA.
+    Checked compiled, as training runs (bench/attention_speed.py, AMD EPYC, session 18): fp32 ties
+    up to 192 tokens (and eager is ahead on widths SDPA has not met yet), SDPA leads from 320
+    (1.09x; 1.15x at 512); bf16 eager leads up to 320 (1.12-1.17x) and ties at 512.
     """
     return "eager" if torch.device(device).type == "cpu" and width <= EAGER_ATTENTION_MAX_TOKENS else "sdpa"
 
