@@ -47,8 +47,9 @@ def batch_of_width(features: list[dict], start: int, rows: int, width: int, pad_
     each next one is ~1% shorter (the demo's batches of 8 are 1.5% padding). Longer rows are cut from
     the left (the answer and its loss stay), shorter ones repeated end to end (labels kept).
 
-    The padding matters: with an all-ones mask transformers lets SDPA run its causal kernel without
-    a mask, which real batches never get (at 96 tokens, fp32: 0.99x eager without padding, 0.89x with)."""
+    The padding is there so SDPA gets a mask, as in training: with an all-ones mask transformers
+    lets SDPA run its causal kernel without one. (At 96 tokens, fp32, it made no measurable
+    difference: SDPA 0.989x eager without padding, 1.004x with.)"""
     ids = torch.full((rows, width), pad_id)
     mask = torch.zeros((rows, width), dtype=torch.long)
     labels = torch.full((rows, width), -100)
