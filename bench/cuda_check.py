@@ -30,11 +30,20 @@ CONFIG = ROOT / "configs" / "text2sql-smollm2.yaml"
 T5_CONFIG = ROOT / "configs" / "finance-qa-flan-t5-large.yaml"  # the original recipe
 # Run one config through the CLI in this process's Python, optionally under a cap on CUDA memory:
 # the cap makes the auto batch search meet real out-of-memory errors on an 80 GB card.
-CAPPED = (
-    "import sys, torch; fraction = float(sys.argv[1]); "
-    "fraction < 1 and torch.cuda.set_per_process_memory_fraction(fraction); "
-    "from loratune.cli import main; sys.argv = ['loratune'] + sys.argv[2:]; main()"
-)
+# LORATUNE_BENCH_TRAINER_SEARCH=1 turns off loratune's probes (loratune/batch_fit.py), so
+# `batch_size: auto` is the Trainer's own search from 64 rows: the baseline they are measured against.
+CAPPED = """
+import os, sys, torch
+fraction = float(sys.argv[1])
+if fraction < 1:
+    torch.cuda.set_per_process_memory_fraction(fraction)
+if os.environ.get("LORATUNE_BENCH_TRAINER_SEARCH"):
+    import loratune.batch_fit
+    loratune.batch_fit.fit_batch_size = lambda *args, **kwargs: None
+from loratune.cli import main
+sys.argv = ["loratune"] + sys.argv[2:]
+main()
+"""
 
 
 def random_model(shape: Path, out: Path) -> Path:
@@ -57,6 +66,8 @@ def random_t5_large(out: Path) -> Path:
     the GPU machine). Checks the original recipe's machinery at its real size, not its accuracy."""
     from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
 
+    if (out / "config.json").is_file():  # built by an earlier run of this process
+        return out
     torch.manual_seed(0)
     tokenizer = ByT5Tokenizer()
     config = T5Config(vocab_size=len(tokenizer), d_model=1024, d_kv=64, d_ff=2816, num_layers=24,
@@ -124,15 +135,18 @@ def fused_loss_check(model_dir: Path, device: str = "cuda", batch: int = 16, wid
             "peak_gb": {k: round(g, 3) for k, g in peak.items()}}
 
 
-def run(name: str, sets: list[str], log: Path, fraction: float = 1.0, config: Path = CONFIG) -> dict:
-    """`loratune run` with `config` (the demo's by default) and `sets`; returns its summaries (training + eval)."""
-    command = [sys.executable, "-c", CAPPED, str(fraction), "run", str(config), "--overwrite",
+def run(name: str, sets: list[str], log: Path, fraction: float = 1.0, config: Path = CONFIG,
+        verb: str = "run", trainer_search: bool = False) -> dict:
+    """`loratune run` (or `train`) with `config` (the demo's by default) and `sets`; returns its
+    summaries (training + eval). `trainer_search`: the Trainer's own batch search, not loratune's probes."""
+    command = [sys.executable, "-c", CAPPED, str(fraction), verb, str(config), "--overwrite",
                "--set", f"name={name}", *[a for s in sets for a in ("--set", s)]]
+    env = {**os.environ, **({"LORATUNE_BENCH_TRAINER_SEARCH": "1"} if trainer_search else {})}
     started = time.perf_counter()
     with log.open("a") as out:
         out.write(f"\n===== {name}: {' '.join(command[3:])}\n")
         out.flush()
-        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     result = {"name": name, "exit_code": code, "wall_s": round(time.perf_counter() - started, 1)}
     run_dir = ROOT / "runs" / name
     for key, file in (("train", "run_summary.json"), ("eval", "metrics.json")):
@@ -176,6 +190,15 @@ def main() -> None:
         "cuda-qlora": (common + ["train.load_in_4bit=true", "train.batch_size=16", "eval.limit=32"], 1.0),
         # the same batch in plain bf16, to set QLoRA's memory and speed beside
         "cuda-bf16-b16": (common + ["train.batch_size=16", "eval.limit=32"], 1.0),
+        # `batch_size: auto`, loratune's probes against the Trainer's search from 64 rows (`-trainer`),
+        # training only: SmolLM2 under the 2 GB cap, and the original recipe's FLAN-T5-large shape
+        # under 24 GB, as on a consumer card (1 step of 8 accumulated batches of 512-token rows).
+        "search-2gb": (common + ["train.batch_size=auto", "train.max_steps=10"], capped, CONFIG, "train"),
+        "search-2gb-trainer": (common + ["train.batch_size=auto", "train.max_steps=10"], capped, CONFIG, "train", True),
+        "search-t5-24gb": (["model=T5", "data.train=data/finance-alpaca/sample.jsonl", "train.max_steps=1"],
+                           capped * 12, T5_CONFIG, "train"),
+        "search-t5-24gb-trainer": (["model=T5", "data.train=data/finance-alpaca/sample.jsonl", "train.max_steps=1"],
+                                   capped * 12, T5_CONFIG, "train", True),
         # The original recipe (FLAN-T5-large shape, r16 q/v/o, bias=all, bf16, grad-accum 8, auto batch)
         # on the shipped finance-alpaca sample: the seq2seq path at its real size. 3 steps: each is 8
         # batches of up to 64 rows x 512 tokens through a 780M model.
@@ -191,14 +214,17 @@ def main() -> None:
         # written after every run, so a run cut short by a time limit keeps the others
         (args.out / "cuda_summaries.json").write_text(json.dumps(results, indent=1))
     print(f"\n{torch.cuda.get_device_name()} | torch {torch.__version__}")
-    print("| run | exit | wall s | batch | steps | train s (budget) | tok/s | precision | peak GPU GB | footprint |"
+    print("| run | exit | wall s | batch | batch search: probes (s), restarts | steps | train s (budget) | tok/s | precision | peak GPU GB | footprint |"
           " eval loss | generation s | SQL valid base/LoRA |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         s, e = r.get("train", {}), r.get("eval", {})
         valid = "/".join(f"{e[side].get('sql_valid', 0):.2f}" for side in ("base", "lora")) if e else "-"
         budget_s = f" ({60 * s['max_minutes']:g})" if s.get("max_minutes") else ""
-        print(f"| {r['name']} | {r['exit_code']} | {r['wall_s']} | {s.get('batch_size')} | {s.get('steps')} | "
+        fit = s.get("batch_fit") or {}
+        search = (f"{','.join(str(p[0]) for p in fit['probes'])} ({fit['seconds']})" if fit else "-") + \
+            f", {s.get('oom_restarts')}"
+        print(f"| {r['name']} | {r['exit_code']} | {r['wall_s']} | {s.get('batch_size')} | {search} | {s.get('steps')} | "
               f"{s.get('wall_time_s')}{budget_s} | "
               f"{s.get('tokens_per_s')} | {s.get('precision')} | {s.get('peak_gpu_memory_gb')} | "
               f"{s.get('memory_line', '').split(': ')[-1]} | {s.get('eval_loss_start') or float('nan'):.3f} -> "

@@ -33,6 +33,8 @@ def test_loss_falls_and_run_dir_is_complete(tmp_path, which, request):
     summary = json.loads((run_dir / "run_summary.json").read_text())
     assert summary["train_tokens"] > 0 and summary["steps"] == 30
     assert summary["model_type"] == ("seq2seq" if which == "tiny_t5_dir" else "causal")
+    # a fixed batch size: no probes, and the Trainer started once
+    assert summary["batch_fit"] is None and summary["oom_restarts"] == 0 and summary["batch_size"] == 6
     if which == "tiny_llama_dir":
         # r=8 on q, k, v, o (32->32, 32->16, 32->16, 32->32) and gate, up, down (32<->64), 2 layers:
         # r * (in + out) per matrix, by hand.

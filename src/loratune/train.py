@@ -279,6 +279,10 @@ def summarize(plan: RunPlan, trainer: Any, fitted: dict[str, Any], lines: dict[s
         "device": plan.device,
         # The rows per step training ran with: the configured size, or what `auto` found to fit.
         "batch_size": trainer.state.train_batch_size or trainer.args.per_device_train_batch_size,
+        # train.batch_size: auto on CUDA: the probes that found it, and the Trainer's out-of-memory
+        # restarts after them (each one a smaller batch; 0 when the probed size fitted).
+        "batch_fit": fitted.get("batch_fit"),
+        "oom_restarts": clock.begins - 1 if clock and clock.begins else None,
         "peak_gpu_memory_gb": (round(torch.cuda.max_memory_allocated() / 1e9, 2)
                                if plan.device == "cuda" else None),
         "world_size": world_size,
@@ -335,6 +339,11 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
 
             trainer.run_attention = run_attention(plan.device, [len(f["input_ids"]) for f in plan.train_features])
             log(f"train.compile: {trainer.run_attention} attention for every batch (one graph to compile)")
+        batch_fit = None
+        if args.auto_find_batch_size and not resume:  # CUDA only; a resumed run keeps its checkpoint's size
+            from loratune.batch_fit import fit_batch_size
+
+            batch_fit = fit_batch_size(trainer, plan.train_features, log)
         if not resume:
             log("Eval loss before training...")
             started = time.perf_counter()
@@ -352,7 +361,7 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
 
             trainer.add_callback(TimeBudget(cfg.train.max_minutes, warmup_ratio=cfg.train.warmup_ratio,
                                             eval_s=eval_s or 0.0, log=log, early_fit_after=3 if compiled else 1))
-        fitted = fit(trainer, plan, run_dir, log, is_main=is_main)
+        fitted = {**fit(trainer, plan, run_dir, log, is_main=is_main), "batch_fit": batch_fit}
         if compiled:
             uncompile_layers(model)
         summary = summarize(plan, trainer, fitted, lines, run_dir, state.num_processes, compiled)

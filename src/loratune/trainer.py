@@ -234,9 +234,11 @@ class PaceClock(TrainerCallback):
     def __init__(self) -> None:
         self.started = self.first_end = self.last_end = None
         self.first_tokens = self.tokens = 0
+        self.begins = 0  # more than one: `train.batch_size: auto` restarted after out-of-memory errors
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started, self.first_end = time.perf_counter(), None
+        self.begins += 1
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.last_end, self.tokens = time.perf_counter(), int(state.num_input_tokens_seen or 0)
