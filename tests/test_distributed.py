@@ -1,4 +1,5 @@
-"""torchrun: 2 CPU processes x batch 4 train exactly what 1 process x batch 8 trains (gloo, DDP)."""
+"""torchrun: 2 CPU processes x batch 4 train exactly what 1 process x batch 8 trains (gloo, DDP), and
+read the same eval loss."""
 
 import json
 import os
@@ -28,7 +29,9 @@ def test_two_ranks_match_one_process(tmp_path, tiny_llama_dir, group_by_length):
     data = tmp_path / "fruit48.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg.data.train = cfg.data.eval = str(data)
-    cfg.data.max_eval_rows = 8  # one whole global batch for the eval loss too
+    # 7 eval rows: 1 process evaluates them in one batch; 2 processes in batches of 4, and accelerate
+    # fills the second process's batch up with the first row again. The eval loss must not count it.
+    cfg.data.max_eval_rows = 7
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(asdict(cfg)))
     # fp32 on both sides: bf16 would round the per-process halves differently from the whole batch.

@@ -106,8 +106,10 @@ class TokenMeanEvalLoss:
     and the figure moved with the batch: the untrained demo model read 1.991 at 2 rows per batch and
     1.832 at 8 on the same 16 rows. Curves of runs with different batch sizes were not comparable.
     Here each batch's loss (a mean over its answer tokens) is multiplied back by that token count
-    and summed, and the loop's figure is replaced by sum / tokens, added up across processes (under
-    DDP the sampler may repeat a few rows to even out the last batch; they count here)."""
+    and summed, and the loop's figure is replaced by sum / tokens, added up across processes. Under
+    DDP accelerate evens out the last round of batches with rows from the start of the eval set
+    (`even_batches`); the Trainer's own figure drops them (`gather_for_metrics`), and so does this
+    one (`_real_rows`)."""
 
     _eval_sums: list[torch.Tensor] | None = None  # [loss x tokens, tokens] per batch, during a loop
 
@@ -136,12 +138,44 @@ class TokenMeanEvalLoss:
         result = super().compute_loss(model, inputs, return_outputs, None)
         loss, targets = (result[0] if return_outputs else result), inputs.get("labels")
         if targets is not None:
-            # A causal model predicts token t+1 from position t: its loss leaves out each row's first label.
-            if not getattr(getattr(self.model, "config", None), "is_encoder_decoder", False):
-                targets = targets[..., 1:]
-            tokens = (targets != -100).sum().to(loss.device, torch.float32)
+            real = self._real_rows(len(targets))
+            if real is not None:
+                loss, tokens = self._loss_of_rows(model, inputs, real)
+            else:
+                tokens = self._answer_tokens(targets).to(loss.device)
             self._eval_sums.append(torch.stack([loss.detach().float() * tokens, tokens]))
         return result
+
+    def _answer_tokens(self, targets: torch.Tensor) -> torch.Tensor:
+        # A causal model predicts token t+1 from position t: its loss leaves out each row's first label.
+        if not getattr(getattr(self.model, "config", None), "is_encoder_decoder", False):
+            targets = targets[..., 1:]
+        return (targets != -100).sum().to(torch.float32)
+
+    def _real_rows(self, rows: int) -> int | None:
+        """On the last round of batches of a DDP evaluation that accelerate padded, how many of this
+        batch's rows are the eval set's own; None elsewhere. accelerate deals each round of batches
+        to the processes in order and fills the last round's batches up with rows from the start of
+        the set (`even_batches`, real rows first); `remainder` is how many of that round's rows are
+        real, the count `gather_for_metrics` keeps of the Trainer's own per-row losses."""
+        accelerator = self.accelerator
+        state = accelerator.gradient_state
+        loader = state.active_dataloader
+        if accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0 or loader is None:
+            return None
+        per_process = loader.total_batch_size // accelerator.num_processes
+        return max(0, min(rows, state.remainder - accelerator.process_index * per_process))
+
+    def _loss_of_rows(self, model: Any, inputs: dict[str, Any], real: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """[mean loss, answer tokens] of the batch's first `real` rows, by one more forward. Every
+        process runs it on that round, a batch of padding alone on one row that counts nothing, so
+        all run the same forwards (FSDP gathers each layer's weights from all processes at once)."""
+        rows = len(inputs["labels"])
+        part = {k: v[:max(real, 1)] if isinstance(v, torch.Tensor) and v.dim() and len(v) == rows else v
+                for k, v in inputs.items()}
+        loss = super().compute_loss(model, part, False, None).detach()
+        tokens = self._answer_tokens(part["labels"]).to(loss.device)
+        return (loss, tokens) if real else (torch.zeros_like(loss), torch.zeros_like(tokens))
 
 
 class LoratuneTrainer(FiniteLoss, TokenMeanEvalLoss, EagerEvaluation, WidthAttention, SeededSampling, Trainer):
