@@ -195,6 +195,9 @@ def main() -> None:
         # under 24 GB, as on a consumer card (1 step of 8 accumulated batches of 512-token rows).
         "search-2gb": (common + ["train.batch_size=auto", "train.max_steps=10"], capped, CONFIG, "train"),
         "search-2gb-trainer": (common + ["train.batch_size=auto", "train.max_steps=10"], capped, CONFIG, "train", True),
+        # the probes with the decoder layers compiled (`train.compile: true` forced; `auto` leaves GPUs eager)
+        "search-2gb-compile": (common + ["train.batch_size=auto", "train.max_steps=10", "train.compile=true"],
+                               capped, CONFIG, "train"),
         "search-t5-24gb": (["model=T5", "data.train=data/finance-alpaca/sample.jsonl", "train.max_steps=1"],
                            capped * 12, T5_CONFIG, "train"),
         "search-t5-24gb-trainer": (["model=T5", "data.train=data/finance-alpaca/sample.jsonl", "train.max_steps=1"],
