@@ -39,6 +39,8 @@ def verdicts(name: str) -> list[bool]:
 
 
 def main() -> None:
+    if len(sys.argv) != 3 or not all("=" in arg for arg in sys.argv[1:]):
+        sys.exit(__doc__)
     arms = dict(arg.split("=", 1) for arg in sys.argv[1:])
     if len(arms) != 2:
         sys.exit(__doc__)
