@@ -16,9 +16,9 @@ DEMO_CONFIG ?= configs/text2sql-smollm2.yaml
 # (constraints-floor.txt), the quick tests of the modules that call transformers, peft and
 # accelerate, and the GGUF load of the default model (it pulls the model once, like `make demo`).
 FLOOR_VENV ?= build/floor-venv
-FLOOR_TESTS := tests/test_train.py tests/test_trainer.py tests/test_evaluate.py tests/test_lora.py \
-	tests/test_models.py tests/test_data.py
-FLOOR_GGUF_TEST := tests/test_catalog.py::test_converted_model_matches_gguf[smollm2-135m-instruct]
+FLOOR_TESTS := tests/test_training_run.py tests/test_training_trainer.py tests/test_evaluation_base_vs_lora.py tests/test_models_lora.py \
+	tests/test_models_load.py tests/test_data.py
+FLOOR_GGUF_TEST := tests/test_models_builtin.py::test_converted_model_matches_gguf[smollm2-135m-instruct]
 FLOOR_PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(FLOOR_VENV)/bin/python -m pytest -q
 
 .PHONY: install demo test test-fast test-floor bench clean

@@ -1,6 +1,6 @@
 """Eager attention against SDPA in compiled training, by batch width, alternated in one process.
 
-`loratune.attention` trains CPU batches up to `EAGER_ATTENTION_MAX_TOKENS` wide with eager
+`loratune.training.attention` trains CPU batches up to `EAGER_ATTENTION_MAX_TOKENS` wide with eager
 attention and wider ones with SDPA; a compiled run keeps the one its 90th-percentile width gets.
 That threshold was first measured uncompiled under bf16 autocast (bench/train_levers.py). This bench
 checks it where it is used: SmolLM2-135M trained as loratune trains it (LoRA r16 on every
@@ -34,10 +34,11 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import train_levers as levers  # noqa: E402
-from loratune.attention import EAGER_ATTENTION_MAX_TOKENS  # noqa: E402
-from loratune.compilation import compile_layers  # noqa: E402
-from loratune.loss import completion_loss_sum  # noqa: E402
-from loratune.precision import bf16_supported  # noqa: E402
+
+from loratune.models.precision import bf16_supported  # noqa: E402
+from loratune.training.attention import EAGER_ATTENTION_MAX_TOKENS  # noqa: E402
+from loratune.training.compilation import compile_layers  # noqa: E402
+from loratune.training.loss import completion_loss_sum  # noqa: E402
 
 IMPLEMENTATIONS = ("eager", "sdpa")
 

@@ -6,13 +6,17 @@ bf16 autocast, eager attention up to 256 tokens: loratune's defaults) with a pla
 tokens/s of the second half of the steps. Modes:
   eager     no compilation;
   model     the whole decoder compiled as one graph (`torch.compile(model.model, dynamic=True)`);
-  layers    each decoder layer compiled (`loratune.compilation.compile_layers`: one graph serves
+  layers    each decoder layer compiled (`loratune.training.compilation.compile_layers`: one graph serves
             every layer; what `train.compile` does).
 Run each mode in its own process, twice, to see inductor's on-disk cache cold and warm (point
 TORCHINDUCTOR_CACHE_DIR at an empty folder for a cold start). Add `--kv-cache` to see what a KV
 cache in training does to per-layer compilation (every layer recompiles).
 
-    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) .venv/bin/python bench/compile_cost.py layers --steps 24
+The defaults (`layers`, 8 steps), run with an empty cache, are the command behind the table in
+docs/benchmarks.md, which reports the first step; the steps after it need a longer run
+(`--steps 24`) to give a steady tokens/s.
+
+    TORCHINDUCTOR_CACHE_DIR=$(mktemp -d) .venv/bin/python bench/compile_cost.py [{eager,model,layers}] [--steps 8]
 """
 
 from __future__ import annotations
@@ -30,15 +34,17 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import train_levers as levers  # noqa: E402
-from loratune.compilation import compile_layers, set_use_cache  # noqa: E402
-from loratune.attention import use_attention_for  # noqa: E402
-from loratune.precision import bf16_supported  # noqa: E402
+
+from loratune.models.precision import bf16_supported  # noqa: E402
+from loratune.training.attention import use_attention_for  # noqa: E402
+from loratune.training.compilation import compile_layers, set_use_cache  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["eager", "model", "layers"])
-    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("mode", nargs="?", default="layers", choices=["eager", "model", "layers"],
+                        help="what is compiled (default: layers, as train.compile does)")
+    parser.add_argument("--steps", type=int, default=8, help="training steps (default: %(default)s)")
     parser.add_argument("--layers", type=int, default=None, help="keep only the first N decoder layers")
     parser.add_argument("--kv-cache", action="store_true", help="leave use_cache on while training")
     parser.add_argument("--config", default=str(ROOT / "configs" / "text2sql-smollm2.yaml"))

@@ -23,14 +23,14 @@ from pathlib import Path
 
 import torch
 
-from loratune.loss import CHUNK_ELEMENTS, DEVICE_CHUNK_ELEMENTS
+from loratune.training.loss import CHUNK_ELEMENTS, DEVICE_CHUNK_ELEMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "text2sql-smollm2.yaml"
-T5_CONFIG = ROOT / "configs" / "finance-qa-flan-t5-large.yaml"  # the original recipe
+T5_CONFIG = ROOT / "configs" / "finance-qa-flan-t5-large.yaml"  # the FLAN-T5 recipe
 # Run one config through the CLI in this process's Python, optionally under a cap on CUDA memory:
 # the cap makes the auto batch search meet real out-of-memory errors on an 80 GB card.
-# LORATUNE_BENCH_TRAINER_SEARCH=1 turns off loratune's probes (loratune/batch_fit.py), so
+# LORATUNE_BENCH_TRAINER_SEARCH=1 turns off loratune's probes (loratune/training/batch_fit.py), so
 # `batch_size: auto` is the Trainer's own search from 64 rows: the baseline they are measured against.
 CAPPED = """
 import os, sys, torch
@@ -38,8 +38,8 @@ fraction = float(sys.argv[1])
 if fraction < 1:
     torch.cuda.set_per_process_memory_fraction(fraction)
 if os.environ.get("LORATUNE_BENCH_TRAINER_SEARCH"):
-    import loratune.batch_fit
-    loratune.batch_fit.fit_batch_size = lambda *args, **kwargs: None
+    import loratune.training.batch_fit
+    loratune.training.batch_fit.fit_batch_size = lambda *args, **kwargs: None
 from loratune.cli import main
 sys.argv = ["loratune"] + sys.argv[2:]
 main()
@@ -63,7 +63,7 @@ def random_model(shape: Path, out: Path) -> Path:
 def random_t5_large(out: Path) -> Path:
     """FLAN-T5-large's shape (24 + 24 layers, d_model 1024, gated-GELU, ~780M parameters) with seeded
     random bf16 weights and ByT5's byte tokenizer (vocabulary 384: no SentencePiece model can reach
-    the GPU machine). Checks the original recipe's machinery at its real size, not its accuracy."""
+    the GPU machine). Checks the FLAN-T5 recipe's machinery at its real size, not its accuracy."""
     from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
 
     if (out / "config.json").is_file():  # built by an earlier run of this process
@@ -81,14 +81,14 @@ def random_t5_large(out: Path) -> Path:
 
 def fused_loss_check(model_dir: Path, device: str = "cuda", batch: int = 16, width: int = 256,
                      answer: int = 96, repeats: int = 5, chunks: tuple[int, ...] = (DEVICE_CHUNK_ELEMENTS,)) -> dict:
-    """The chunked vocabulary loss (loratune/loss.py) against the plain one on one LoRA model, under
+    """The chunked vocabulary loss (loratune/training/loss.py) against the plain one on one LoRA model, under
     bf16 autocast as the Trainer runs it: loss, adapter gradients, peak memory and time per step,
     for each chunk size in `chunks` (elements of fp32 logits projected at a time)."""
+    import loratune.training.loss as loss_module
     from loratune.config import LoraSettings
-    from loratune.lora import apply_lora
-    import loratune.loss as loss_module
-    from loratune.loss import completion_loss_sum, fused_loss_supported
-    from loratune.models import load_model
+    from loratune.models.load import load_model
+    from loratune.models.lora import apply_lora
+    from loratune.training.loss import completion_loss_sum, fused_loss_supported
 
     torch.manual_seed(0)
     model = apply_lora(load_model(str(model_dir), device=device).model, "causal",
@@ -191,7 +191,7 @@ def main() -> None:
         # the same batch in plain bf16, to set QLoRA's memory and speed beside
         "cuda-bf16-b16": (common + ["train.batch_size=16", "eval.limit=32"], 1.0),
         # `batch_size: auto`, loratune's probes against the Trainer's search from 64 rows (`-trainer`),
-        # training only: SmolLM2 under the 2 GB cap, and the original recipe's FLAN-T5-large shape
+        # training only: SmolLM2 under the 2 GB cap, and the FLAN-T5 recipe's FLAN-T5-large shape
         # under 24 GB, as on a consumer card (1 step of 8 accumulated batches of 512-token rows).
         "search-2gb": (common + ["train.batch_size=auto", "train.max_steps=10"], capped, CONFIG, "train"),
         "search-2gb-trainer": (common + ["train.batch_size=auto", "train.max_steps=10"], capped, CONFIG, "train", True),
@@ -202,7 +202,7 @@ def main() -> None:
                            capped * 12, T5_CONFIG, "train"),
         "search-t5-24gb-trainer": (["model=T5", "data.train=data/finance-alpaca/sample.jsonl", "train.max_steps=1"],
                                    capped * 12, T5_CONFIG, "train", True),
-        # The original recipe (FLAN-T5-large shape, r16 q/v/o, bias=all, bf16, grad-accum 8, auto batch)
+        # The FLAN-T5 recipe (FLAN-T5-large shape, r16 q/v/o, bias=all, bf16, grad-accum 8, auto batch)
         # on the shipped finance-alpaca sample: the seq2seq path at its real size. 3 steps: each is 8
         # batches of up to 64 rows x 512 tokens through a 780M model.
         "cuda-t5-large": (["model=T5", "data.train=data/finance-alpaca/sample.jsonl", "train.max_steps=3",

@@ -4,22 +4,27 @@ Both recipes generate greedy answers for the same eval rows, base model and LoRA
 same batches (longest prompts first), the same stopping rule (SQL stops at `;`) and the same
 max_new_tokens; only how the model computes differs:
 
-  before    what `loratune eval` ran when issue 8 was filed: fp32 weights under bf16 autocast
-            (where bf16 is native), so every matmul re-casts its weight at every decode step, and
-            the LoRA side as an unmerged peft model (two extra small matmuls per adapted layer and
-            token);
-  static    the previous version (session 3): bf16 copies of the Linear weights made once per
-            call where bf16 is native, the adapter merged into the base weights, fixed batches
-            through `model.generate` (`generate._generate_static`);
-  loratune  today's `generate.generate_texts`: the same weights, decoded with continuous batching
-            (finished rows leave the batch, the next prompts join it), as `evaluate.py` does.
+  before    what `loratune eval` ran before commit faa8126 (2026-11-25): fp32 weights under bf16
+            autocast (where bf16 is native), so every matmul re-casts its weight at every decode
+            step, and the LoRA side as an unmerged peft model (two extra small matmuls per adapted
+            layer and token);
+  static    what it ran from commit faa8126 until continuous batching (commit 4dfcfcc,
+            2026-11-25): bf16 copies of the Linear weights made once per call where bf16 is
+            native, the adapter merged into the base weights, fixed batches through
+            `model.generate` (`loratune.inference.generate._generate_static`);
+  loratune  `loratune.inference.generate.generate_texts`: the same weights, decoded by the decode
+            engine with continuous batching (finished rows leave the batch, the next prompts join
+            it), as evaluation does (`loratune.evaluation.base_vs_lora`).
 
 Reports seconds per side, generated tokens/s (the cleaned answers re-tokenized, +1 for the stop
 token: the same count for both recipes, not the exact decode steps), the speed-up, and the share of answers that are
-identical between the recipes (bf16 rounding may flip near-ties). Needs a trained run (default:
-the demo's `runs/text2sql-smollm2`, made by `make demo`).
+identical between the recipes (bf16 rounding may flip near-ties). Needs a trained run.
 
-    .venv/bin/python bench/eval_speed.py [--run runs/text2sql-smollm2] [--rows 115] [--eval FILE] [--json]
+The defaults are the command behind the table in docs/benchmarks.md: the 15-minute recipe's run
+(`runs/text2sql-cpu-15min`, made by `loratune run configs/text2sql-cpu-15min.yaml`), its 115 eval
+rows.
+
+    .venv/bin/python bench/eval_speed.py [--run runs/text2sql-cpu-15min] [--rows 115] [--eval FILE] [--json]
 """
 
 from __future__ import annotations
@@ -37,13 +42,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from loratune.data import eval_prompts, load_splits  # noqa: E402
-from loratune.evaluate import load_run_config  # noqa: E402
-from loratune.generate import (  # noqa: E402
-    _generate_static, autocast_context, clean_output, encode_batch, generate_texts, generation_kwargs,
+from loratune.evaluation.base_vs_lora import load_run_config  # noqa: E402
+from loratune.inference.answers import clean_output
+from loratune.inference.encoding import encode_batch, generation_kwargs
+from loratune.inference.generate import _generate_static, generate_texts
+from loratune.models.load import load_model  # noqa: E402
+from loratune.models.precision import (
+    autocast_context,
+    bf16_supported,  # noqa: E402
     generation_precision,
 )
-from loratune.models import load_model  # noqa: E402
-from loratune.precision import bf16_supported  # noqa: E402
 from loratune.tasks import get_task  # noqa: E402
 
 
@@ -80,7 +88,8 @@ def main() -> None:
     from peft import PeftModel
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", default=str(ROOT / "runs" / "text2sql-smollm2"))
+    parser.add_argument("--run", default=str(ROOT / "runs" / "text2sql-cpu-15min"),
+                        help="a trained run directory (default: the 15-minute recipe's)")
     parser.add_argument("--rows", type=int, default=115)
     parser.add_argument("--eval", default=None, help="another eval file (e.g. data/sql-create-context/val.jsonl)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
@@ -113,7 +122,7 @@ def main() -> None:
     answers["before/base"], results.setdefault("before", {})["base_s"] = timed(lambda: before(loaded.model))
     answers["static/base"], results.setdefault("static", {})["base_s"] = timed(lambda: static(loaded.model))
     answers["loratune/base"], results.setdefault("loratune", {})["base_s"] = timed(lambda: now(loaded.model))
-    # LoRA side: unmerged for `before`, then merged (as evaluate.py does) for loratune.
+    # LoRA side: unmerged for `before`, then merged (as evaluation does: loratune.evaluation.base_vs_lora) for loratune.
     peft_model = PeftModel.from_pretrained(loaded.model, str(run / "adapter"))
     answers["before/lora"], results["before"]["lora_s"] = timed(lambda: before(peft_model))
     merged = peft_model.merge_and_unload()

@@ -1,11 +1,12 @@
-"""The chunked vocabulary cross-entropy (`loratune.loss`) against the plain one, alternated per step.
+"""The chunked vocabulary cross-entropy (`loratune.training.loss`) against the plain one, alternated per step.
 
 Trains SmolLM2-135M as loratune's default training does (LoRA r16 on every projection, dropout 0,
 decoder layers compiled, eager attention for short batches, bf16 autocast where native) and runs
 each batch twice, once with each loss, in alternating order, so the machine's drift hits both
 alike. Prints useful tokens/s and minor page faults per step for each, and the ratio. Like
 train_levers.py (whose model and batches it reuses) it runs with OMP_WAIT_POLICY=PASSIVE, which
-slows both sides alike (README: 0.78x for training), so compare the ratio, not the tokens/s.
+slows both sides alike (0.78x for training: 2-core Intel Xeon with AMX, 2026-11-26, commit 79e3561,
+docs/log.md), so compare the ratio, not the tokens/s.
 
 Each batch is first run once untimed (alternately with either loss): a batch's first run pays
 one-time costs of its width (oneDNN kernels built for new shapes, first-touch pages) that the
@@ -13,7 +14,7 @@ second run does not, and with the pair alone in alternating order that share fel
 same loss on both sides (A/A) measured 1.093x over 27 steps; with the untimed run 0.998x.
 
 `--against-chunk N` compares the chunked loss at two chunk sizes instead (the other side at
-N logits per chunk; `loratune.loss.CHUNK_ELEMENTS` is the default side).
+N logits per chunk; `loratune.training.loss.CHUNK_ELEMENTS` is the default side).
 
     .venv/bin/python bench/fused_loss.py [--steps 40] [--against-chunk N] [--json]
     LORATUNE_PRECISION=fp32 .venv/bin/python bench/fused_loss.py      # the path of a CPU without bf16
@@ -35,11 +36,12 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import train_levers as levers  # noqa: E402
-from loratune.compilation import compile_layers, set_use_cache  # noqa: E402
-import loratune.loss as loss_module  # noqa: E402
-from loratune.loss import completion_loss_sum  # noqa: E402
-from loratune.attention import use_attention_for  # noqa: E402
-from loratune.precision import bf16_supported  # noqa: E402
+
+import loratune.training.loss as loss_module  # noqa: E402
+from loratune.models.precision import bf16_supported  # noqa: E402
+from loratune.training.attention import use_attention_for  # noqa: E402
+from loratune.training.compilation import compile_layers, set_use_cache  # noqa: E402
+from loratune.training.loss import completion_loss_sum  # noqa: E402
 
 WARMUP = 3  # steps left out of the figures (compiling, first shapes)
 

@@ -1,15 +1,19 @@
 """Useful tokens/s over a long training run, batch widths rounded to a multiple or not.
 
-Runs `loratune train` on a config (default: the 15-minute text-to-SQL recipe, no time budget,
-`--steps` optimizer steps, no evaluations or checkpoints, layers compiled) once per setting of
-`train.pad_to_multiple_of`, each in its own process, in the order given (`--settings 1,auto,auto,1`
-alternates them, so a drifting machine moves both alike), and prints the useful tokens/s of each
-window of `--window` steps. Every run trains the same batches in the same order; only the padding
-differs. Why this is a bench of whole runs and not an A/B per step: what rounding saves builds up
-over a run (every new batch width a process sees slows the steps after it, README "Benchmarks":
-"Throughput fell as a run went on"), so both settings in one process would share it.
+Runs `loratune train` on a config (default: the 15-minute text-to-SQL recipe at `--batch-size`
+rows per step, no time budget, `--steps` optimizer steps, no evaluations or checkpoints, layers
+compiled) once per setting of `train.pad_to_multiple_of`, each in its own process, in the order
+given (`--settings 1,auto,auto,1` measures each order of the pair once, so a drifting machine moves
+both alike), and prints the useful tokens/s of each window of `--window` steps. Every run trains the
+same batches in the same order; only the padding differs. Why this is a bench of whole runs and not
+an A/B per step: what rounding saves builds up over a run (every new batch width a process sees
+slows the steps after it: docs/benchmarks.md, "long_run.py"), so both settings in one process would
+share it.
 
-    .venv/bin/python bench/long_run.py --steps 400 --settings 1,auto,auto,1 --json
+The defaults are the command behind the table in docs/benchmarks.md: 310 steps of 8 rows (the
+recipe itself trains 2 rows per step; the table was measured at 8), settings `1,auto,auto,1`.
+
+    .venv/bin/python bench/long_run.py [--steps 310] [--batch-size 8] [--settings 1,auto,auto,1] [--json]
 
 `--json` prints, last, one JSON object: {"windows": [first step, ...], "runs": [{"setting": S,
 "tokens_per_s": F, "windows_tokens_per_s": [F, ...]}, ...]}.
@@ -29,9 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FIRST = 10  # the first steps compile the layers and warm the caches: windows start after them
 
 
-def train(config: str, setting: str, steps: int, out: str, extra: list[str]) -> Path:
+def train(config: str, setting: str, steps: int, batch_size: int, out: str, extra: list[str]) -> Path:
     name = f"pad-{setting}"
     sets = [f"name={name}", f"output_dir={out}", "train.max_minutes=null", f"train.max_steps={steps}",
+            f"train.batch_size={batch_size}",
             "train.eval_steps=1000000", "train.logging_steps=10", "train.compile=true",
             f"train.pad_to_multiple_of={setting}", *extra]
     cmd = [sys.executable, "-m", "loratune", "train", config] + [a for s in sets for a in ("--set", s)]
@@ -56,9 +61,12 @@ def window_rates(run_dir: Path, steps: int, window: int) -> tuple[list[int], lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/text2sql-cpu-15min.yaml")
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=310, help="optimizer steps per run (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=8,
+                        help="rows per step (train.batch_size; default: %(default)s)")
     parser.add_argument("--window", type=int, default=50, help="steps per window (a multiple of 10)")
-    parser.add_argument("--settings", default="1,auto", help="train.pad_to_multiple_of values, in run order")
+    parser.add_argument("--settings", default="1,auto,auto,1",
+                        help="train.pad_to_multiple_of values, in run order (default: %(default)s)")
     parser.add_argument("--set", action="append", default=[], help="more config overrides, as in loratune")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -68,8 +76,8 @@ def main() -> None:
     runs = []
     for i, setting in enumerate(args.settings.split(",")):
         print(f"training with train.pad_to_multiple_of={setting} ...", file=sys.stderr, flush=True)
-        starts, rates, overall = window_rates(train(args.config, setting, args.steps, f"{out}/{i}", args.set),
-                                              args.steps, args.window)
+        run_dir = train(args.config, setting, args.steps, args.batch_size, f"{out}/{i}", args.set)
+        starts, rates, overall = window_rates(run_dir, args.steps, args.window)
         runs.append({"setting": setting, "tokens_per_s": overall, "windows_tokens_per_s": rates})
 
     print(f"\nuseful tokens/s per window of {args.window} steps, {args.config}, {args.steps} steps\n")

@@ -49,11 +49,11 @@ QUESTIONS = [
 
 
 def pick_model(requested: str | None, workdir: Path) -> str:
-    from loratune import catalog
+    from loratune.models import builtin
 
     if requested:
         return requested
-    if catalog.cached_model_path("smollm2-135m-instruct") is not None:
+    if builtin.cached_model_path("smollm2-135m-instruct") is not None:
         return "smollm2-135m-instruct"
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_models import build_tiny_llama
@@ -65,8 +65,8 @@ def make_adapter(base: str, run_dir: Path, task: str, seed: int) -> Path:
     """Random LoRA weights scaled down so answers stay fluent but differ per adapter."""
     from peft import LoraConfig, TaskType, get_peft_model
 
-    from loratune.lora import default_target_modules
-    from loratune.models import load_model
+    from loratune.models.load import load_model
+    from loratune.models.lora import default_target_modules
 
     loaded = load_model(base)
     torch.manual_seed(seed)
@@ -96,8 +96,8 @@ Measured = tuple[list[float], int, float, list[str]]
 
 def sequential_baseline(registry, requests: list[tuple[str, str]], max_tokens: int) -> Measured:
     """One request at a time through the serving decode loop (no HTTP): single-request decoding."""
-    from loratune.generate import clean_output
-    from loratune.serve.jobs import Job
+    from loratune.inference.answers import clean_output
+    from loratune.inference.jobs import Job
     from loratune.serve.prompts import build_chat_prompt
 
     latencies, tokens, answers = [], 0, []
@@ -125,8 +125,9 @@ def compare_single_request(base: str, adapters: dict[str, Path], registry, reque
     from peft import PeftModel
 
     from loratune.config import GenerationSettings
-    from loratune.generate import autocast_context, encode_batch, generation_kwargs
-    from loratune.models import load_model
+    from loratune.inference.encoding import encode_batch, generation_kwargs
+    from loratune.models.load import load_model
+    from loratune.models.precision import autocast_context
     from loratune.serve.prompts import build_chat_prompt
 
     loaded = load_model(base)
@@ -264,9 +265,9 @@ def main() -> None:
         with BackgroundServer(app) as server:
             run_clients(server.url, requests[:2], 2, 4)  # warm-up
             for clients in (1, 4, 8):
-                batches_before = app.state.batcher.batches
+                batches_before = app.state.scheduler.batches
                 lat, tok, wall, answers = run_clients(server.url, requests, clients, args.max_tokens)
-                batches = app.state.batcher.batches - batches_before
+                batches = app.state.scheduler.batches - batches_before
                 same = sum(a == b for a, b in zip(answers, reference)) / len(reference)
                 rows.append((f"server, {clients} client{'s' if clients > 1 else ''} ({batches} prefills)",
                              clients, lat, tok, wall, same))

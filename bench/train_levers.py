@@ -1,14 +1,21 @@
-"""Training-speed levers, one at a time, as ratios against loratune's current default in one process.
+"""Training-speed levers, one at a time, as ratios against peft's defaults in one process.
 
 Each variant trains the demo model (SmolLM2-135M, LoRA r16 on every projection) on the demo rows
 with a plain PyTorch loop (forward, backward, AdamW step), so the ratio shows the lever itself and
 not the Trainer around it. (The Trainer's own per-step work is small: in a 40-step compiled fp32
-run under the AVX2 caps, session 18, 169.9 of 173.5 s were inside `training_step`; the optimizer
-0.3 s, gradient clipping 0.2 s, logging every step and two 8-row evaluations ~2 s.)
-Variants run interleaved A/B/A/B (`--rounds`) because the machine is shared and absolute numbers
-drift; the table shows the median ratio of useful tokens/s against `default` of the same round.
+run, 169.9 of 173.5 s were inside `training_step`; the optimizer 0.3 s, gradient clipping 0.2 s,
+logging every step and two 8-row evaluations ~2 s; 2-core AMD EPYC as AVX2-only, 2026-11-27,
+commit 4c3bff3.) `default` is peft's defaults: LoRA dropout 0.05, fp32 frozen weights re-cast by
+autocast, SDPA attention. Variants run interleaved A/B/A/B (`--rounds`) because the machine is
+shared and absolute numbers drift; the table shows the median ratio of useful tokens/s (wall and
+per CPU-second) against `default` of the same round.
 
-    .venv/bin/python bench/train_levers.py [--variants default,dropout0,...] [--steps 3] [--rounds 2]
+The defaults are the command behind the table in docs/benchmarks.md: the model cut to its first 10
+decoder layers (`--layers 10`), the variants of that table (`dropout0`; `d0_prepared`, which adds
+the frozen projections stored in bf16; `d0_prepared_eager`, which adds eager attention;
+`bf16_weights`; `tokens2048` and `tokens4096`), 2 rounds of 3,000 useful tokens each.
+
+    .venv/bin/python bench/train_levers.py [--variants default,dropout0,...] [--layers 10] [--rounds 2]
     .venv/bin/python bench/train_levers.py --profile VARIANT   # torch.profiler table of one step
 """
 
@@ -34,11 +41,17 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from loratune.config import LoraSettings, load_config  # noqa: E402
 from loratune.data import load_splits, tokenize_rows  # noqa: E402
-from loratune.lora import apply_lora, prepare_for_precision  # noqa: E402
-from loratune.loss import completion_loss_sum  # noqa: E402
-from loratune.models import load_model  # noqa: E402
-from loratune.precision import bf16_supported  # noqa: E402
+from loratune.models.load import load_model  # noqa: E402
+from loratune.models.lora import apply_lora
+from loratune.models.precision import (
+    bf16_supported,  # noqa: E402
+    prepare_for_precision,
+)
 from loratune.tasks import get_task  # noqa: E402
+from loratune.training.loss import completion_loss_sum  # noqa: E402
+
+
+DEFAULT_VARIANTS = "default,dropout0,d0_prepared,d0_prepared_eager,bf16_weights,tokens2048,tokens4096"
 
 
 @dataclass(frozen=True)
@@ -51,7 +64,7 @@ class Variant:
     compile: bool = False
     threads: int | None = None
     peft_cast: bool = True  # peft casts each adapted layer's input to the LoRA weights' dtype (fp32)
-    prepared: bool = False  # loratune.lora.prepare_for_precision: frozen projections in bf16, no peft cast
+    prepared: bool = False  # loratune.models.lora.prepare_for_precision: frozen projections in bf16, no peft cast
 
 
 def variants(bf16: bool) -> dict[str, Variant]:
@@ -208,12 +221,14 @@ class Runner:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "text2sql-smollm2.yaml"))
-    parser.add_argument("--variants", default="default,dropout0,bf16_weights,eager,tokens4096,best")
+    parser.add_argument("--variants", default=DEFAULT_VARIANTS,
+                        help="comma-separated; `default` is always run (default: %(default)s)")
     parser.add_argument("--tokens", type=int, default=3000, help="useful tokens per measurement")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--profile", default=None, help="profile two steps of this variant and exit")
-    parser.add_argument("--layers", type=int, default=None, help="keep only the first N decoder layers")
+    parser.add_argument("--layers", type=int, default=10,
+                        help="keep only the first N decoder layers (0: all 30 of SmolLM2-135M; default: %(default)s)")
     args = parser.parse_args()
     bf16 = bf16_supported("cpu")
     features, cfg = load_features(args.config, args.rows)

@@ -1,9 +1,9 @@
 """Training speed and model FLOP utilisation (MFU): three recipes on the same model, rows and steps.
 
 Recipes (each trains the same rows once, in one process, one after the other):
-  original  the original recipe: every row padded to the fixed maximum length, random order, the
-            model's own loss over every position, LoRA dropout 0.05, bf16 weights where bf16 is
-            native (else fp32);
+  original  the FLAN-T5 recipe's way of training (portfolio-manager's FINE-TUNING.md): every row
+            padded to the fixed maximum length, random order, the model's own loss over every
+            position, LoRA dropout 0.05, bf16 weights where bf16 is native (else fp32);
   plain_hf  what a user of the ecosystem gets with defaults: transformers' Trainer + peft,
             DataCollatorForSeq2Seq dynamic padding, random order, LoRA dropout 0.05, bf16=True
             where bf16 is native (else fp32); same LoRA rank and targets as loratune;
@@ -14,9 +14,10 @@ Recipes (each trains the same rows once, in one process, one after the other):
 Useful tokens are the non-padding tokens a recipe trained on. MFU = useful tokens/s x FLOP per
 useful token / matmul peak of the precision the recipe computed in. Each recipe is also reported
 after its first step (`tokens_per_s_after_first_step`): the first step pays one-time costs, most
-of all the compiling of `train.compile` (`--compile true`, or `auto` from 150 steps), so the
-whole-run figure depends on the run's length and the after-first-step one is the pace a longer
-run keeps.
+of all the compiling of `train.compile` (`--compile true`, the default here; `auto` compiles only
+from 150 steps, so it would leave this bench's 40 steps uncompiled, unlike the time-budgeted runs
+of the shipped configs), so the whole-run figure depends on the run's length and the
+after-first-step one is the pace a longer run keeps.
 
 Peak: the best of short bursts of 2048 x 2048 matmuls (fp32, and bf16 where native), measured
 before, between and after the recipes; `peak_gflops` is the median of those measurements, so on
@@ -48,7 +49,11 @@ shapes for a batch of mean-length rows, timed back to back with nothing between 
 recipes run): what a recipe would reach if everything else took no time, so no recipe's MFU can
 pass it.
 
-    .venv/bin/python bench/train_speed.py [--steps 4] [--batch-size 8] [--compile auto|true|false] [--json]
+The defaults are the command behind the table in docs/benchmarks.md: 40 steps of 8 demo rows,
+`--compile true`, `--recipes plain_hf,loratune,plain_hf`.
+
+    .venv/bin/python bench/train_speed.py [--steps 40] [--batch-size 8] [--compile true|auto|false]
+        [--recipes plain_hf,loratune,plain_hf] [--json]
 """
 
 from __future__ import annotations
@@ -68,8 +73,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from loratune.config import LoraSettings, RunConfig, TrainSettings, load_config  # noqa: E402
-from loratune.precision import bf16_supported  # noqa: E402
-from loratune.train import train_run  # noqa: E402
+from loratune.models.precision import bf16_supported  # noqa: E402
+from loratune.training.run import train_run  # noqa: E402
 
 # On a CUDA machine everything runs on the GPU (as loratune does there) and the peak is taken on it.
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -123,8 +128,8 @@ def _shapes(cfg: RunConfig) -> tuple[Any, Any, Any]:
     """(config, the model on the meta device: shapes without weights, LoRA target modules) of `cfg`."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from loratune.lora import default_target_modules
-    from loratune.models import resolve_source
+    from loratune.models.load import resolve_source
+    from loratune.models.lora import default_target_modules
 
     config = AutoConfig.from_pretrained(resolve_source(cfg.model).path)
     with torch.device("meta"):
@@ -165,7 +170,7 @@ def gemm_only_gflops(cfg: RunConfig, features: list[dict], batch_size: int, dtyp
     matmuls: QK^T and PV forward, two each backward) of one layer, times the layers, plus the
     vocabulary projection of the answer tokens (forward and activation gradient); their FLOPs (as
     `flop_per_token` counts them) over that time."""
-    from loratune.compilation import decoder_layers
+    from loratune.training.compilation import decoder_layers
 
     config, model, targets = _shapes(cfg)
     layer = decoder_layers(model)[0]
@@ -222,7 +227,7 @@ def gemm_only_gflops(cfg: RunConfig, features: list[dict], batch_size: int, dtyp
 def bench_features(cfg: RunConfig) -> list[dict]:
     """The training rows every recipe sees, tokenized as loratune does."""
     from loratune.data import load_splits, tokenize_rows
-    from loratune.models import load_model
+    from loratune.models.load import load_model
     from loratune.tasks import get_task
 
     loaded = load_model(cfg.model)
@@ -247,11 +252,17 @@ def run_plain_hf(cfg: RunConfig, features: list[dict], batch_size: int, out: str
     """transformers' Trainer + peft with their defaults, on the same tokenized rows."""
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+    )
 
-    from loratune.lora import default_target_modules
-    from loratune.models import resolve_source
-    from loratune.trainer import PaceClock
+    from loratune.models.load import resolve_source
+    from loratune.models.lora import default_target_modules
+    from loratune.training.trainer import PaceClock
 
     path = resolve_source(cfg.model).path
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -301,12 +312,16 @@ def mean_of_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "text2sql-smollm2.yaml"))
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps of the row-batched recipes")
+    parser.add_argument("--steps", type=int, default=40,
+                        help="optimizer steps of the row-batched recipes (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--peak-seconds", type=float, default=1.5, help="seconds per peak measurement")
-    parser.add_argument("--recipes", default="original,plain_hf,loratune")
-    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
-                        help="train.compile of the loratune recipe (auto: on from 150 steps; see compilation.py)")
+    parser.add_argument("--recipes", default="plain_hf,loratune,plain_hf",
+                        help="comma-separated, run in this order: original, plain_hf, loratune (a name given "
+                             "twice runs twice and counts as the mean of its runs; default: %(default)s)")
+    parser.add_argument("--compile", default="true", choices=["auto", "true", "false"],
+                        help="train.compile of the loratune recipe (default: %(default)s; auto: on from 150 "
+                             "steps, see loratune/training/compilation.py)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every recipe, e.g. --set model=/path/to/model")
@@ -325,8 +340,8 @@ def main() -> None:
     features = bench_features(cfg)
     fpt = flop_per_token(cfg, features)
     # Measured before any recipe runs: while a LoRA model that has run forward and backward is alive
-    # in this process, the same bf16 matmuls ran ~20% slower (not explained, README "Where the MFU
-    # goes"), and a bound should not be lowered by that.
+    # in this process, the same bf16 matmuls ran ~20% slower (not explained; 2-core Intel Xeon with AMX,
+    # 2026-11-26, commit de337d6, docs/log.md), and a bound should not be lowered by that.
     gemm_gflops = {p: gemm_only_gflops(cfg, features, args.batch_size, torch.bfloat16 if p == "bf16" else torch.float32)
                    for p in peaks.samples}
     # Every recipe trains these rows once: `rows` rows, `steps` batches of `batch_size` rows.

@@ -16,8 +16,8 @@ import torch
 from loratune.config import DataSettings, GenerationSettings
 from loratune.data import eval_prompts
 from loratune.errors import ServeError
-from loratune.generate import generate_texts
-from loratune.models import load_model
+from loratune.inference.generate import generate_texts
+from loratune.models.load import load_model
 from loratune.tasks import get_task
 
 

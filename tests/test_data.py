@@ -7,10 +7,15 @@ import pytest
 
 from loratune.config import DataSettings
 from loratune.data import (
-    IGNORE_INDEX, check_columns, load_splits, read_rows, render_prompt, tokenize_rows,
+    IGNORE_INDEX,
+    check_columns,
+    load_splits,
+    read_rows,
+    render_prompt,
+    tokenize_rows,
 )
 from loratune.errors import DataError
-from loratune.models import load_model
+from loratune.models.load import load_model
 from loratune.tasks import get_task
 
 SQL = get_task("sql-create-context")

@@ -245,7 +245,8 @@ def tiny_pipeline(tmp_path, model_dir):
 
 
 def test_tiny_pipeline_end_to_end(tmp_path, tiny_llama_dir, monkeypatch, capsys):
-    import loratune.generate
+    import loratune.evaluation.forgetting
+    import loratune.inference.generate
 
     path = tiny_pipeline(tmp_path, tiny_llama_dir)
     runs = tmp_path / "runs"
@@ -279,8 +280,8 @@ def test_tiny_pipeline_end_to_end(tmp_path, tiny_llama_dir, monkeypatch, capsys)
 
     # A rerun keeps the trained stages and every finished cell: nothing is generated again.
     calls = []
-    real = loratune.generate.generate_texts
-    monkeypatch.setattr(loratune.generate, "generate_texts", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = loratune.inference.generate.generate_texts
+    monkeypatch.setattr(loratune.evaluation.forgetting, "generate_texts", lambda *a, **k: calls.append(1) or real(*a, **k))
     again = run_pipeline(path, **QUIET)
     assert calls == [] and again["scores"] == scores
 

@@ -16,17 +16,18 @@ from serve_helpers import (
     FIN_MESSAGE,
     SQL_MESSAGE,
     BackgroundServer,
+    agrees_up_to_bf16_ties,
     client_for,
     make_adapter_run,
-    agrees_up_to_bf16_ties,
     offline_answers,
     sequential_logits,
     training_prompt,
 )
 
-from loratune.models import load_model
+from loratune.models.load import load_model
 from loratune.serve.app import ServeSettings, create_app
 from loratune.serve.registry import open_registry
+
 
 @pytest.fixture(scope="module")
 def llama(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory):
@@ -130,9 +131,9 @@ def test_truncated_prompt_is_reported(llama):
 
 
 def test_concurrent_requests_equal_sequential_ones(llama):
-    """What the server promises about batching (README, "Serving"): in fp32 a request's greedy answer
-    is the same alone or among others; in bf16 it is the same up to the first near-tie, where bf16
-    rounding in a differently shaped batch may pick the other token."""
+    """What the server promises about batching (docs/serving.md, "Same answers?"): in fp32 a
+    request's greedy answer is the same alone or among others; in bf16 it is the same up to the first
+    near-tie, where bf16 rounding in a differently shaped batch may pick the other token."""
     registry = llama.app.state.registry
     requests = [(model, f"{FIN_MESSAGE} #{i}" if model != "sql" else f"SELECT -- {i}")
                 for i, model in enumerate(["sql", "fin", "sql", "fin", "base", "sql", "fin", "fin"])]
@@ -143,12 +144,12 @@ def test_concurrent_requests_equal_sequential_ones(llama):
                                                temperature=0).choices[0].text
 
     sequential = [complete(r) for r in requests]
-    batcher = llama.app.state.batcher
-    before = batcher.batches
+    scheduler = llama.app.state.scheduler
+    before = scheduler.batches
     with ThreadPoolExecutor(len(requests)) as pool:
         concurrent = list(pool.map(complete, requests))
     # Requests for different adapters shared forward passes: fewer prefills than requests.
-    assert batcher.batches - before < len(requests)
+    assert scheduler.batches - before < len(requests)
     if not registry.bf16:
         assert concurrent == sequential
         return
@@ -164,15 +165,15 @@ def test_concurrent_requests_equal_sequential_ones(llama):
 
 
 def test_health_answers_while_the_worker_generates(llama, monkeypatch):
-    decoder = llama.app.state.batcher.decoder
-    admit, release, entered = decoder.admit, threading.Event(), threading.Event()
+    engine = llama.app.state.scheduler.engine
+    admit, release, entered = engine.admit, threading.Event(), threading.Event()
 
     def slow_prefill(jobs):  # a prefill that takes as long as the test wants
         entered.set()
         release.wait(30)
         admit(jobs)
 
-    monkeypatch.setattr(decoder, "admit", slow_prefill)
+    monkeypatch.setattr(engine, "admit", slow_prefill)
     answer: dict = {}
     waiter = threading.Thread(target=lambda: answer.update(r=chat(llama.client, "fin", FIN_MESSAGE)))
     waiter.start()

@@ -161,15 +161,15 @@ def test_api_key_is_required_except_for_health_and_page(guarded):
 
 
 def test_full_queue_answers_429_and_a_closed_stream_cancels_its_job(guarded, monkeypatch):
-    decoder = guarded.app.state.batcher.decoder
-    admit, gate, taken = decoder.admit, threading.Event(), []
+    engine = guarded.app.state.scheduler.engine
+    admit, gate, taken = engine.admit, threading.Event(), []
 
     def gated_admit(jobs):  # holds the worker before the prefill until the test opens the gate
         taken.extend(jobs)
         gate.wait(30)
         admit(jobs)
 
-    monkeypatch.setattr(decoder, "admit", gated_admit)
+    monkeypatch.setattr(engine, "admit", gated_admit)
 
     def health():
         return httpx.get(f"{guarded.url}/health").json()

@@ -9,7 +9,7 @@ import pytest
 from loratune.config import DataSettings
 from loratune.data import eval_prompts
 from loratune.errors import RequestError
-from loratune.models import load_model
+from loratune.models.load import load_model
 from loratune.serve.prompts import (
     PromptProfile,
     base_profile,

@@ -82,7 +82,7 @@ def test_sql_eval_files_end_to_end(tmp_path: Path) -> None:
 
 
 def test_a_torn_last_line_is_left_out_and_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """What a killed writer leaves: a last line with no newline that does not parse (records.py's policy)."""
+    """What a killed writer leaves: a last line with no newline that does not parse (json_files.py's policy)."""
     gold = write_gold(tmp_path / "gold.jsonl", [{"context": CONTEXT, "answer": "SELECT 1"}] * 2)
     preds = tmp_path / "preds.jsonl"
     full = json.dumps({"prediction": "SELECT 1"}) + "\n"

@@ -6,7 +6,14 @@ import time
 
 import pytest
 
-from loratune.sql.safety import MAX_DEPTH, MAX_SQL_CHARS, ParsedQuery, Rejected, clean_sql, parse_query
+from loratune.sql.safety import (
+    MAX_DEPTH,
+    MAX_SQL_CHARS,
+    ParsedQuery,
+    Rejected,
+    clean_sql,
+    parse_query,
+)
 
 
 def test_strips_one_trailing_semicolon() -> None:

@@ -16,7 +16,7 @@ LLAMA2_INPUT = (
 
 def test_registry_names():
     assert set(TASKS) == {"finance-alpaca", "sql-create-context", "llama2-sql", "cnn-dailymail",
-                          "prompt-completion", "messages"}
+                          "prompt-completion", "messages", "tat-qa"}
     with pytest.raises(ConfigError, match="choose one of"):
         get_task("nope")
 
@@ -65,7 +65,7 @@ def test_messages_task():
 
 
 def test_shipped_sql_training_targets_are_already_clean_sql():
-    # Why the 15-minute recipe has no target-normalising option (docs/text2sql-recipe.md): the
+    # Why the 15-minute recipe has no target-normalising option (docs/recipes/text2sql.md): the
     # training rows' answers are already in clean form; only Spider's original gold in
     # val_with_db.jsonl has `name ,  country` spacing, and the judge compares that by execution.
     import json

@@ -1,8 +1,9 @@
 """Score one trial's adapter (or the base model, --base) on the dev rows; append a line to results.jsonl.
 
-Generation and scoring are loratune's own (`generate.generate_texts`, `evaluate.score_side`): the dev
-rows have no real database, so execution accuracy is the test-suite verdict on synthesized databases
-(`eval.sql.num_dbs`), stricter than the real-database figure on the 115 evaluation rows.
+Generation and scoring are loratune's own (`inference.generate.generate_texts`,
+`evaluation.base_vs_lora.score_answers`): the dev rows have no real database, so execution accuracy
+is the test-suite verdict on synthesized databases (`eval.sql.num_dbs`), stricter than the
+real-database figure on the 115 evaluation rows.
 
     .venv/bin/python bench/recipe/dev_eval.py RUN_DIR [--rows 200] [--base] [--set KEY=VALUE] [--tag _x]
 """
@@ -15,9 +16,9 @@ from pathlib import Path
 from peft import PeftModel
 
 from loratune.data import eval_prompts, load_splits
-from loratune.evaluate import load_run_config, score_side
-from loratune.generate import generate_texts
-from loratune.models import load_model
+from loratune.evaluation.base_vs_lora import load_run_config, score_answers
+from loratune.inference.generate import generate_texts
+from loratune.models.load import load_model
 from loratune.tasks import get_task
 
 parser = argparse.ArgumentParser()
@@ -41,7 +42,7 @@ started = time.time()
 predictions = generate_texts(model, loaded.tokenizer, loaded.model_type, prompts, cfg.eval.generation,
                              batch_size=cfg.eval.batch_size, task_family=task.family)
 generation_s = time.time() - started
-scores, _ = score_side(predictions, references, rows, task, cfg)
+scores, _ = score_answers(predictions, references, rows, task, cfg)
 summary_path = run / "run_summary.json"
 summary = json.loads(summary_path.read_text()) if summary_path.is_file() and not args.base else {}
 line = {"run": run.name + args.tag, "side": "base" if args.base else "lora", "rows": len(rows),

@@ -1,6 +1,6 @@
 """Two arms of dev trials compared row by row: each trial's saved dev_predictions.jsonl re-scored
-(test-suite execution verdicts, `evaluate.score_side`), the arms' seeds pooled, and a paired
-bootstrap of the difference (`metrics.paired_bootstrap`) over the same rows.
+(test-suite execution verdicts, `evaluation.base_vs_lora.score_answers`), the arms' seeds pooled,
+and a paired bootstrap of the difference (`evaluation.metrics.paired_bootstrap`) over the same rows.
 
     .venv/bin/python bench/recipe/paired.py NEW=run_a,run_a_seed1 OLD=run_b,run_b_seed1   (RECIPE_DIR, default /tmp/recipe)
 
@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from loratune.data import load_splits
-from loratune.evaluate import load_run_config, score_side
-from loratune.metrics import paired_bootstrap
+from loratune.evaluation.base_vs_lora import load_run_config, score_answers
+from loratune.evaluation.metrics import paired_bootstrap
 from loratune.tasks import get_task
 
 recipe = Path(os.environ.get("RECIPE_DIR", "/tmp/recipe"))
@@ -32,7 +32,7 @@ def verdicts(name: str) -> list[bool]:
     rows = rows[: len(preds)]
     if any(r["question"] != p["question"] for r, p in zip(rows, preds)):
         sys.exit(f"{run}/dev_predictions.jsonl: rows are not the dev rows in order")
-    scores, per = score_side([p["prediction"] for p in preds], [p["reference"] for p in preds], rows, task, cfg)
+    scores, per = score_answers([p["prediction"] for p in preds], [p["reference"] for p in preds], rows, task, cfg)
     cache.write_text(json.dumps(per["execution_accuracy"]))
     print(f"{name}: {scores['execution_accuracy']:.3f}", file=sys.stderr)
     return per["execution_accuracy"]

@@ -2,6 +2,10 @@
 
 Every command here is a thin wrapper; the work happens in the library modules, so everything the
 CLI does can also be done from Python.
+
+Each command imports its library modules inside its handler, the one place in loratune that does:
+most of them import torch and transformers (seconds), and `loratune --help`, a mistyped flag or
+`loratune models list` should answer at once. tests/test_architecture.py reads these imports too.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ def _is_main_process() -> bool:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from loratune.config import load_config
-    from loratune.train import train_run
+    from loratune.training.run import train_run
 
     cfg = load_config(args.config, args.overrides)
     train_run(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -43,9 +47,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from loratune.config import load_config
-    from loratune.evaluate import evaluate_run
-    from loratune.report import write_report
-    from loratune.train import train_run
+    from loratune.evaluation.base_vs_lora import evaluate_run
+    from loratune.reporting.report import write_report
+    from loratune.training.run import train_run
 
     cfg = load_config(args.config, args.overrides)
     result = train_run(cfg, resume=args.resume, overwrite=args.overwrite)
@@ -53,9 +57,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     evaluate_run(result.run_dir, limit=args.limit)
     if cfg.eval.progress_rows:
-        from loratune.progress_eval import evaluate_progress
+        from loratune.evaluation.over_time import evaluate_progress
+        from loratune.reporting.plots import plot_accuracy_vs_time
 
-        evaluate_progress(result.run_dir, rows=cfg.eval.progress_rows)
+        progress = evaluate_progress(result.run_dir, rows=cfg.eval.progress_rows)
+        print(f"Plot: {plot_accuracy_vs_time(result.run_dir, progress)}")
     md, html = write_report(result.run_dir)
     print(f"Report: {md} and {html}")
     return 0
@@ -71,7 +77,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from loratune.evaluate import evaluate_run
+    from loratune.evaluation.base_vs_lora import evaluate_run
 
     evaluate_run(args.run_dir, limit=args.limit, overrides=args.overrides, output_dir=args.output,
                  rescore=args.rescore)
@@ -79,7 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from loratune.report import write_report
+    from loratune.reporting.report import write_report
 
     md, html = write_report(Path(args.run_dir))
     print(f"Report: {md} and {html}")
@@ -87,7 +93,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from loratune.report import compare_runs
+    from loratune.reporting.report import compare_runs
 
     table = compare_runs([Path(p) for p in args.run_dirs])
     print(table)
@@ -99,7 +105,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from loratune.config import load_config
     from loratune.data import load_splits, tokenize_rows
-    from loratune.models import load_model
+    from loratune.models.load import load_model
     from loratune.tasks import get_task
 
     cfg = load_config(args.config, args.overrides)
@@ -126,7 +132,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from loratune.catalog import list_models, pull_model
+    from loratune.models.builtin import list_models, pull_model
 
     if args.action == "pull":
         if not args.name:
@@ -142,7 +148,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
-    from loratune.lora import merge_adapter
+    from loratune.models.lora import merge_adapter
 
     path = merge_adapter(args.run_dir, args.output, base=args.base)
     print(f"Merged model written to {path}")
@@ -150,7 +156,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from loratune.export import export_run
+    from loratune.export.gguf import export_run
 
     result = export_run(args.run_dir, args.output, fmt=args.format, outtype=args.outtype, base=args.base)
     print(f"Exported {result.tensors} tensors to {result.path}")
@@ -187,7 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from loratune.serve.chat import chat_loop
+    from loratune.serve.terminal_chat import chat_loop
 
     chat_loop(run_dir=args.run_dir, base=args.base)
     return 0

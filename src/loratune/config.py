@@ -17,6 +17,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from loratune.errors import ConfigError
+from loratune.tasks import TASKS
 
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
 
@@ -127,7 +128,7 @@ class TrainSettings:
     compile: Union[bool, Literal["auto"]] = "auto"
     """torch.compile each decoder layer for training (~1.6x per step on CPU, after ~45 s of
     compiling). `auto`: on for causal models on CPU in runs of >= 3 budgeted minutes or >= 150
-    steps (loratune/compilation.py says why)."""
+    steps (loratune/training/compilation.py says why)."""
 
 
 @dataclass
@@ -307,7 +308,6 @@ def validate(cfg: RunConfig, source: str) -> RunConfig:
         raise bad("eval.limit", "must be at least 1 (or null for all rows)")
     if cfg.eval.progress_rows is not None and cfg.eval.progress_rows < 1:
         raise bad("eval.progress_rows", "must be at least 1 (or null to skip accuracy against time)")
-    from loratune.tasks import TASKS  # imported here: tasks import nothing from config
 
     if cfg.task not in TASKS:
         raise bad("task", f"unknown task {cfg.task!r}; choose one of: {', '.join(sorted(TASKS))}")

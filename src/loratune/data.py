@@ -18,7 +18,7 @@ import numpy as np
 
 from loratune.config import DataSettings
 from loratune.errors import DataError
-from loratune.records import read_json, read_jsonl
+from loratune.json_files import read_json, read_jsonl
 from loratune.tasks import Task
 from loratune.tasks.base import Prompt
 
@@ -141,18 +141,24 @@ def load_splits(cfg: DataSettings, task: Task, seed: int) -> tuple[list[dict], l
     if not cfg.train:
         raise DataError("data.train: no training data given; set it to a file or a hub dataset name")
     train_rows = read_rows(cfg.train, cfg.train_split)
-    check_columns(train_rows, task)
+    expand = task.expand_rows or (lambda rows: rows)
     rng = random.Random(seed)
     if cfg.eval:
-        eval_rows = read_rows(cfg.eval, cfg.eval_split or "validation")
+        train_rows = expand(train_rows)
+        check_columns(train_rows, task)
+        eval_rows = expand(read_rows(cfg.eval, cfg.eval_split or "validation"))
         check_columns(eval_rows, task)
         rng.shuffle(train_rows)
     else:
+        # Split records before expanding them: all of a record's examples stay on one side.
+        check_columns(expand(train_rows), task)
         if len(train_rows) < 2:
             raise DataError(f"{cfg.train}: need at least 2 rows to split off an eval set")
         rng.shuffle(train_rows)
         n_eval = max(1, round(len(train_rows) * cfg.eval_fraction))
-        eval_rows, train_rows = train_rows[:n_eval], train_rows[n_eval:]
+        eval_rows, train_rows = expand(train_rows[:n_eval]), expand(train_rows[n_eval:])
+        if task.expand_rows:
+            rng.shuffle(train_rows)
     if cfg.max_train_rows:
         train_rows = train_rows[: cfg.max_train_rows]
     if cfg.max_eval_rows:
@@ -325,7 +331,7 @@ def pad_multiple(setting: int | str, device: str, precision: str) -> int | None:
     padded tokens per row: ~9% of a mean row) by 3-8%, and the runs were 1.12-1.44x faster overall.
     On the fp32 path (MKL's matmuls) a rounded run was 0.89x as fast: no rounding there, nor on GPUs
     (not measured).
-    README "Benchmarks"; bench/long_run.py.
+    docs/benchmarks.md, "long_run.py"; bench/long_run.py.
     """
     if setting == "auto":
         return CPU_PAD_MULTIPLE if device == "cpu" and precision == "bf16" else None

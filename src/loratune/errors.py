@@ -83,3 +83,9 @@ class AdapterExists(ServeError):
 
 class QueueFull(ServeError):
     """Raised when the server's bounded request queue is full (HTTP 429: retry shortly)."""
+
+
+class AnswerError(LoratuneError):
+    """Raised when a model's TAT-QA answer cannot be read: no `answer:` or `calculation:` line, an
+    unknown scale word, or a calculation that is not plain arithmetic (a stray character, unbalanced
+    brackets, division by zero). The message quotes the offending text and its position."""

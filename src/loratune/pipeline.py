@@ -27,8 +27,28 @@ from typing import Any, Callable, Literal
 
 import yaml
 
-from loratune.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, parse_override, read_yaml
-from loratune.errors import AdapterError, ConfigError, DataError, LoratuneError, RunDirError
+from loratune.config import (
+    RunConfig,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    parse_override,
+    read_yaml,
+)
+from loratune.data import LOCAL_SUFFIXES, load_splits
+from loratune.errors import (
+    AdapterError,
+    ConfigError,
+    DataError,
+    LoratuneError,
+    RunDirError,
+)
+from loratune.evaluation.forgetting import write_forgetting
+from loratune.json_files import write_json
+from loratune.models.lora import resolve_adapter_dir
+from loratune.reporting.plots import draw_forgetting
+from loratune.tasks import get_task
+from loratune.training.run import train_run
 
 Log = Callable[[str], None]
 PIPELINE_KEYS = ("name", "output_dir", "stages")
@@ -164,7 +184,6 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
 
 
 def _is_local(source: str) -> bool:
-    from loratune.data import LOCAL_SUFFIXES
 
     return Path(source).suffix.lower() in LOCAL_SUFFIXES or Path(source).exists()
 
@@ -197,9 +216,6 @@ def check_pipeline(pipeline: Pipeline, *, overwrite: bool = False) -> list[Stage
     """Everything that can fail before training, checked without writing: data files and their
     columns, adapters a stage starts from, and run directories in the way. Returns what each
     stage will do."""
-    from loratune.data import load_splits
-    from loratune.lora import resolve_adapter_dir
-    from loratune.tasks import get_task
 
     stage_dirs = [str(s.cfg.run_dir) for s in pipeline.stages]
     for i, stage in enumerate(pipeline.stages):
@@ -248,9 +264,6 @@ def run_pipeline(
 ) -> dict[str, Any]:
     """Check the whole pipeline, train its stages in order, then write the forgetting matrix
     (`forgetting.json`, `forgetting.png`, `forgetting.md`) in `output_dir/<pipeline name>/`."""
-    from loratune.forgetting import write_forgetting
-    from loratune.records import write_json
-    from loratune.train import train_run
 
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit: must be at least 1, got {limit}")
@@ -278,4 +291,6 @@ def run_pipeline(
             for s in pipeline.stages
         ],
     })
-    return write_forgetting(folder, [s.cfg for s in pipeline.stages], limit=limit, log=log)
+    result = write_forgetting(folder, [s.cfg for s in pipeline.stages], limit=limit, log=log)
+    log(f"Forgetting plot: {draw_forgetting(folder / 'forgetting.png', result)}")
+    return result

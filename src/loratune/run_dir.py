@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import yaml
 
 from loratune.errors import DataError, RunDirError
-from loratune.records import read_json_or_none, read_jsonl
+from loratune.json_files import read_json_or_none, read_jsonl
 
 CONFIG = "config.yaml"
 ADAPTER = "adapter"

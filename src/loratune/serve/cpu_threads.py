@@ -7,7 +7,7 @@ sees more threads than cores and cuts the time its threads spin between kernels 
 spinning), so the decoding team falls asleep between the hundreds of small kernels of every
 decode step and pays a wake-up for each. Measured on SmolLM2-135M, batch 1, 2 cores: the same
 decode loop gave 15.1 tok/s on the main thread and 8.3 tok/s on a second thread; 16.1 tok/s on
-the second thread once the main thread's team was released (`bench/serve_speed.py`, README).
+the second thread once the main thread's team was released (`bench/serve_speed.py`, docs/serving.md).
 
 `release_openmp_threads()` frees the calling thread's team (OpenMP 5's `omp_pause_resource_all`),
 so the thread that loads weights can hand the CPU to the worker whole. The team is re-created

@@ -14,7 +14,7 @@ from typing import Any
 
 from loratune.data import cut_prompt, render_prompt, wants_chat_template
 from loratune.errors import LoratuneError, RequestError
-from loratune.generate import prompt_ids
+from loratune.inference.encoding import prompt_ids
 from loratune.tasks import Task, get_task
 
 DEFAULT_CONTEXT = 2048

@@ -21,12 +21,24 @@ from typing import Any
 import torch
 
 from loratune.errors import AdapterExists, LoratuneError, ServeError
-from loratune.generate import autocast_context, bf16_generation, cast_linear_weights
+from loratune.inference.engine import run_to_end
+from loratune.inference.jobs import Job
+from loratune.inference.mixed_lora import MixedLoraForward
+from loratune.models import builtin
+from loratune.models.load import load_model
+from loratune.models.lora import read_adapter_meta, resolve_adapter_dir
+from loratune.models.precision import (
+    autocast_context,
+    bf16_generation,
+    cast_linear_weights,
+)
 from loratune.serve.cpu_threads import release_openmp_threads
-from loratune.serve.decode import run_to_end
-from loratune.serve.mixed_lora import MixedLoraForward
-from loratune.serve.jobs import Job
-from loratune.serve.prompts import PromptProfile, base_profile, context_limit, profile_from_meta
+from loratune.serve.prompts import (
+    PromptProfile,
+    base_profile,
+    context_limit,
+    profile_from_meta,
+)
 from loratune.serve.schemas import ADAPTER_NAME_PATTERN
 
 log = logging.getLogger("loratune.serve")
@@ -67,7 +79,6 @@ def parse_adapter_spec(spec: str) -> tuple[str, str]:
 
 def _adapter_files(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
     """(adapter dir, loratune meta, peft adapter_config) for a run or adapter directory."""
-    from loratune.lora import read_adapter_meta, resolve_adapter_dir
 
     adapter_dir = resolve_adapter_dir(path)
     try:
@@ -80,12 +91,10 @@ def _adapter_files(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, An
 
 def _local_dir(source: str | None) -> str | None:
     """The directory a base-model source resolves to on this machine, if it does."""
-    from loratune import catalog
-
     if not source:
         return None
-    if source in catalog.CATALOG:
-        cached = catalog.cached_model_path(source)
+    if source in builtin.CATALOG:
+        cached = builtin.cached_model_path(source)
         return str(Path(cached).resolve()) if cached is not None else None
     path = Path(source).expanduser()
     return str(path.resolve()) if path.exists() else None
@@ -107,7 +116,7 @@ class ModelRegistry:
 
     Where bf16 is native, the Linear weights (the base's and every adapter's) are stored in bf16
     once at load and the model runs under bf16 autocast: the same numbers evaluation computes
-    (`generate.cast_linear_weights` says why), without re-casting every weight at every token.
+    (`models.precision.cast_linear_weights` says why), without re-casting every weight at every token.
     """
 
     def __init__(self, loaded: Any, *, max_context: int | None = None) -> None:
@@ -190,7 +199,7 @@ class ModelRegistry:
             self.model.eval()
             if self.bf16:
                 cast_linear_weights(self.model)  # the new adapter's LoRA layers
-            self._mixed.install(self.model)  # rows of several adapters in one batch (serve/mixed_lora.py)
+            self._mixed.install(self.model)  # rows of several adapters in one batch (inference/mixed_lora.py)
             entry = AdapterEntry(
                 name, adapter_dir, meta, profile_from_meta(meta, self.tokenizer, self.model_type), int(time.time())
             )
@@ -244,7 +253,7 @@ class ModelRegistry:
 
         Call under `lock`. One adapter for all rows (the common case, and the only one without
         mixed batching) activates it and runs the plain forward pass; several adapters, or base rows
-        alone, go through `adapter_names` (`__base__` for no adapter), which `serve/mixed_lora.py`
+        alone, go through `adapter_names` (`__base__` for no adapter), which `inference/mixed_lora.py`
         runs (base rows alone: the base layers only, without peft's `disable_adapter`, which toggles
         every layer on entry and exit: a step of 8 base rows went from 1.27x to 0.86x the time of 8
         rows on one adapter).
@@ -267,7 +276,7 @@ class ModelRegistry:
 
     def run_jobs(self, jobs: list[Job]) -> None:
         """Generate `jobs` together to the end (the terminal chat; the server's worker keeps a
-        long-lived decode batch instead, see `serve/decode.py`)."""
+        long-lived decode engine instead, see `inference/engine.py`)."""
         run_to_end(self, jobs)
 
 
@@ -277,7 +286,6 @@ def open_registry(base: str | None, adapter_specs: list[str], *, max_context: in
     Without `base`, the adapters' recorded base model is used; adapters recorded on different
     bases are a ServeError, since one server holds one base.
     """
-    from loratune.models import load_model
 
     specs = [parse_adapter_spec(spec) for spec in adapter_specs]
     seen: set[str] = set()

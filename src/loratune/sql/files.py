@@ -3,7 +3,7 @@
 Gold is JSONL with `context` (CREATE TABLE statements), `answer` (gold SQL) and an optional
 `db_id`. Predictions are aligned with the gold line for line: either a text file with one SQL
 per line, or JSONL whose objects carry a `prediction` field. JSONL goes through loratune's one
-reader (`records.read_jsonl`): errors name file and line, and a torn last line (what a killed
+reader (`json_files.read_jsonl`): errors name file and line, and a torn last line (what a killed
 writer leaves) is dropped with a warning.
 """
 
@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from loratune.errors import DataError, SqlError
-from loratune.records import Records, read_jsonl, write_text
+from loratune.json_files import Records, read_jsonl, write_text
 from loratune.sql.judge import judge_sql
 
 logger = logging.getLogger(__name__)

@@ -26,9 +26,13 @@ class Task:
     """Turn a chat user's raw message into a row, so serving builds the training prompt."""
     description: str = ""
     family: str = "text"
-    """`sql` tasks get execution metrics; `summary` and `qa` tasks get ROUGE and friends."""
+    """Every task gets ROUGE and friends; `sql` tasks also execution metrics, `tat-qa` TAT-QA's EM and
+    F1, `ectsum` ECTSum's numeric precision."""
     build_schema: Callable[[dict[str, Any]], str] | None = None
     """For SQL tasks: the CREATE TABLE statements of a row, used to execute predictions."""
+    expand_rows: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None
+    """For files whose records hold several examples (a TAT-QA context and its questions): one row
+    per example. Applied after the train/eval split, so one record's examples stay on one side."""
 
     def prompt(self, row: dict[str, Any]) -> Prompt:
         return self.build_prompt(row)

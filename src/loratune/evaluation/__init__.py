@@ -1,0 +1,1 @@
+"""Evaluation: base vs LoRA, metrics, accuracy over training time, forgetting."""

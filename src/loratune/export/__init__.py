@@ -1,0 +1,1 @@
+"""Export: GGUF files and the Ollama Modelfile."""

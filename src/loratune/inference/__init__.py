@@ -1,0 +1,1 @@
+"""Inference: the decode engine shared by evaluation, chat and serving."""
