@@ -6,9 +6,9 @@ written from that input can hold:
 - numbers: the share of the reference summary's distinct numbers (ECTSum's extraction,
   `loratune.ectsum.numeric`) that appear in the input, averaged over the rows whose reference has one;
 - ROUGE-1 recall of the reference against the input (rouge-score, Porter stemmer), averaged.
-Also the input's mean length in words and, with --tokens, in SmolLM2 tokens. Prints a markdown table.
+Also the input's mean length in words and in SmolLM2 tokens (--no-tokens skips the tokenizer). Prints a markdown table.
 
-    .venv/bin/python bench/ectsum_input.py [--data FILE] [--rows N] [--tokens]
+    .venv/bin/python bench/ectsum_input.py [--data FILE] [--rows N] [--no-tokens]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from rouge_score import rouge_scorer
 
@@ -50,16 +50,20 @@ def measure(rows: list[dict], make_input: Callable[[str], str], tokenizer=None) 
         words.append(len(text.split()))
         if tokenizer is not None:
             tokens.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    mean = lambda values: sum(values) / len(values) if values else float("nan")  # noqa: E731
-    return {"numbers": mean(number_shares), "rouge1_recall": mean(recalls), "words": mean(words),
-            "tokens": mean(tokens), "rows_with_numbers": len(number_shares)}
+    return {"numbers": _mean(number_shares), "rouge1_recall": _mean(recalls), "words": _mean(words),
+            "tokens": _mean(tokens), "rows_with_numbers": len(number_shares)}
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DATA), help="ECTSum JSONL rows (document, summary)")
     parser.add_argument("--rows", type=int, default=None, help="only the first N rows")
-    parser.add_argument("--tokens", action="store_true", help="also count SmolLM2 tokens (loads its tokenizer)")
+    parser.add_argument("--tokens", action=argparse.BooleanOptionalAction, default=True,
+                        help="count SmolLM2 tokens too (loads its tokenizer; --no-tokens skips it)")
     args = parser.parse_args()
     with open(args.data, encoding="utf-8") as handle:
         rows = [json.loads(line) for line in handle if line.strip()][: args.rows]

@@ -16,7 +16,7 @@ LLAMA2_INPUT = (
 
 def test_registry_names():
     assert set(TASKS) == {"finance-alpaca", "sql-create-context", "llama2-sql", "cnn-dailymail",
-                          "prompt-completion", "messages", "tat-qa"}
+                          "prompt-completion", "messages", "tat-qa", "ectsum", "ectsum-lead"}
     with pytest.raises(ConfigError, match="choose one of"):
         get_task("nope")
 

@@ -11,8 +11,9 @@ numeric precision to ROUGE.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, Callable
+from typing import Any
 
 from loratune.ectsum.select import BUDGET_WORDS, lead_words, select_sentences
 from loratune.tasks.base import Task
