@@ -22,6 +22,7 @@ from typing import Any, Callable
 from loratune.config import RunConfig
 from loratune.data import eval_prompts, load_splits
 from loratune.evaluation.base_vs_lora import score_answers
+from loratune.evaluation.metrics import FORGETTING_METRIC_NAMES as METRIC_NAMES
 from loratune.evaluation.metrics import paired_bootstrap
 from loratune.inference.generate import generate_texts
 from loratune.json_files import append_jsonl, read_jsonl, write_json, write_text
@@ -31,7 +32,6 @@ from loratune.tasks import Task, get_task
 
 Log = Callable[[str], None]
 BASE = "base"
-METRIC_NAMES = {"execution_accuracy": "execution accuracy", "rougeL": "ROUGE-L"}
 
 
 @dataclass

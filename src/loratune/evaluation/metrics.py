@@ -46,6 +46,8 @@ METRIC_LABELS = {
     "tatqa_scale": "TAT-QA scale right",
     "num_precision": "Numeric precision",
 }
+FORGETTING_METRIC_NAMES = {"execution_accuracy": "execution accuracy", "rougeL": "ROUGE-L"}
+"""The metric a forgetting matrix reads per eval set (SQL tasks: execution; others: ROUGE-L), in words."""
 
 _WHITESPACE = re.compile(r"\s+")
 

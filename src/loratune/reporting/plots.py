@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MultipleLocator, PercentFormatter
 from matplotlib.transforms import blended_transform_factory
 
-from loratune.evaluation.forgetting import METRIC_NAMES
+from loratune.evaluation.metrics import FORGETTING_METRIC_NAMES as METRIC_NAMES
 from loratune.evaluation.metrics import METRIC_LABELS
 from loratune.json_files import read_json_or_none, read_jsonl
 from loratune.run_dir import METRICS, METRICS_LOG, SUMMARY, require_run_dir
