@@ -136,3 +136,30 @@ def test_the_budget_counts_the_batch_size_search_before_the_steps():
     assert 0.95 * 60 <= clock[0] <= 60  # the whole run, search included, within the minute
     assert state.global_step in range(38, 41)  # 60 s - 20 s spent = 40 steps of 1 s, not 60
     assert any("-> 40 steps (20s went to finding the batch size)" in m for m in messages)
+
+
+def test_the_progress_bar_counts_to_the_fitted_steps():
+    """The Trainer's bar starts at its upper bound (epochs x rows); once the budget fits the run it
+    counts to the fitted steps, so its time left is the budget's, not hours."""
+    from types import SimpleNamespace
+
+    from transformers import get_scheduler
+    from transformers.trainer_callback import ProgressCallback
+
+    progress = ProgressCallback()
+    state = SimpleNamespace(global_step=0, max_steps=2235, eval_steps=None, is_world_process_zero=True)
+    args, control = SimpleNamespace(eval_strategy="no"), SimpleNamespace(should_training_stop=False)
+    progress.on_train_begin(args, state, control)
+    clock = [0.0]
+    budget = TimeBudget(1.0, warmup_ratio=0.0, eval_s=0.0, log=lambda *_: None, clock=lambda: clock[0])
+    budget.follow_progress([progress, budget])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=0, num_training_steps=2235)
+    budget.on_train_begin(args, state, control)
+    while not control.should_training_stop:
+        state.global_step += 1
+        clock[0] += 1.0  # 1 s a step: a 1-minute budget fits ~60 steps
+        progress.on_step_end(args, state, control)
+        budget.on_step_end(args, state, control, lr_scheduler=scheduler)
+    assert progress.training_bar.total == state.max_steps == budget.fitted_steps
+    assert 50 <= budget.fitted_steps <= 60

@@ -253,9 +253,10 @@ def train_run(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, 
                 trainer.model_wrapped = trainer.model
             log(f"eval_loss at start: {eval_loss_start(run_dir) if is_main else float('nan'):.4f}")
         if cfg.train.max_minutes and not resume:
-
-            trainer.add_callback(TimeBudget(cfg.train.max_minutes, warmup_ratio=cfg.train.warmup_ratio,
-                                            eval_s=eval_s or 0.0, log=log, early_fit_after=3 if compiled else 1))
+            budget = TimeBudget(cfg.train.max_minutes, warmup_ratio=cfg.train.warmup_ratio,
+                                eval_s=eval_s or 0.0, log=log, early_fit_after=3 if compiled else 1)
+            budget.follow_progress(trainer.callback_handler.callbacks)
+            trainer.add_callback(budget)
         fitted = {**fit(trainer, checked, run_dir, log, is_main=is_main), "batch_fit": batch_fit}
         if compiled:
             uncompile_layers(model)

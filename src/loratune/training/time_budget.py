@@ -14,6 +14,7 @@ import time
 from typing import Any, Callable
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 Log = Callable[[str], None]
 
@@ -94,8 +95,17 @@ class TimeBudget(TrainerCallback):
         kept = [d for d in self.durations if d <= 8 * typical]
         return sum(kept) / len(kept)
 
+    def follow_progress(self, callbacks: list[Any]) -> None:
+        """Show the fitted step count in the Trainer's progress bar: it counts to the Trainer's upper
+        bound (epochs x rows) otherwise, and its time left would read hours for a 15-minute budget."""
+        self.progress = [c for c in callbacks if isinstance(c, ProgressCallback)]
+
     def _fit(self, state: Any, steps: int, scheduler: Any) -> bool:
         self.fitted_steps = state.max_steps = steps
+        for callback in getattr(self, "progress", []):
+            if callback.training_bar is not None:  # tqdm then estimates the time left from its rate
+                callback.training_bar.total = steps
+                callback.training_bar.refresh()
         warmup = math.ceil(self.warmup_ratio * steps) if self.warmup_ratio < 1 else int(self.warmup_ratio)
         return stretch_schedule(scheduler, steps, warmup)
 
