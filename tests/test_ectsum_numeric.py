@@ -11,10 +11,10 @@ its results files (0.910, 0.916, 0.885, 0.89).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from shared_data import shared_file
 
 from loratune.ectsum.numeric import extract_numbers, mean_numeric_precision, normalize_line, numeric_precision
 
@@ -75,11 +75,7 @@ def test_a_summary_without_numbers_is_left_out() -> None:
 
 
 def val_rows() -> list[dict]:
-    path = ECTSUM / "val.jsonl"
-    if not path.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path}: the ECTSum val split is missing")
-        pytest.skip(f"{path}: the ECTSum val split is missing")
+    path = shared_file("ectsum/val.jsonl", "the ECTSum val split")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 

@@ -5,10 +5,10 @@ Real rows are read from ../shared/data/ectsum (GPL-3.0, never copied into the re
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from shared_data import shared_file
 
 from loratune.config import DataSettings
 from loratune.data import load_splits
@@ -16,8 +16,6 @@ from loratune.ectsum.numeric import extract_numbers
 from loratune.ectsum.select import BUDGET_WORDS, lead_words, select_sentences, sentence_score, split_sentences
 from loratune.tasks import TASKS, get_task
 from loratune.tasks.ectsum import ECTSUM, ECTSUM_LEAD, INSTRUCTION
-
-VAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ectsum" / "val.jsonl"
 
 CALL = "\n".join([
     "Thank you, operator, and good morning everyone.",
@@ -83,11 +81,7 @@ def test_the_prompt_holds_the_chosen_text_and_the_target_is_the_summary_unchange
 
 
 def val_path() -> Path:
-    if not VAL.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{VAL}: the ECTSum val split is missing")
-        pytest.skip(f"{VAL}: the ECTSum val split is missing")
-    return VAL
+    return shared_file("ectsum/val.jsonl", "the ECTSum val split")
 
 
 def test_real_rows_load_and_keep_their_summary_as_the_target() -> None:

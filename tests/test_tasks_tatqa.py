@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
+from shared_data import shared_file
 
 from loratune.data import check_columns, read_rows
 from loratune.errors import DataError
@@ -16,7 +16,6 @@ from loratune.tatqa.render import INSTRUCTION
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "tat-qa" / "sample.json"
-DEV = ROOT.parent / "shared" / "data" / "tat-qa" / "dev.json"
 
 
 def test_registered_by_name() -> None:
@@ -95,10 +94,6 @@ def test_row_from_message_splits_table_text_and_question() -> None:
 
 
 def test_sample_is_copied_unchanged_from_the_dev_set() -> None:
-    if not DEV.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{DEV}: the TAT-QA dev set is missing")
-        pytest.skip(f"{DEV}: the TAT-QA dev set is missing")
-    dev = json.loads(DEV.read_text(encoding="utf-8"))
+    dev = json.loads(shared_file("tat-qa/dev.json", "the TAT-QA dev set").read_text(encoding="utf-8"))
     sample = json.loads(SAMPLE.read_text(encoding="utf-8"))
     assert sample == [dev[i] for i in (46, 73, 112, 152, 257, 263)]

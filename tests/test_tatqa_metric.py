@@ -10,7 +10,6 @@ cases; both scorers must give identical EM and F1 for each, and the same summari
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import warnings
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from shared_data import shared_file
 
 from loratune.errors import AnswerError
 from loratune.tatqa.judge import judge_answer, metric_prediction
@@ -31,17 +31,11 @@ with warnings.catch_warnings():  # the official regexes are not raw strings: inv
     warnings.simplefilter("ignore", DeprecationWarning)
     import tatqa_metric as official  # needs numpy, pandas, scipy: `pip install -e .[dev]`
 
-DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tat-qa" / "dev.json"
 
 
 def dev_contexts() -> list[dict[str, Any]]:
     """The official TAT-QA dev set; a missing file fails under CI and skips elsewhere."""
-    if not DEV.is_file():
-        message = f"{DEV}: the TAT-QA dev set is missing (NExTplusplus/TAT-QA dataset_raw/tatqa_dataset_dev.json)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return json.loads(DEV.read_text(encoding="utf-8"))
+    return json.loads(shared_file("tat-qa/dev.json", "the TAT-QA dev set (NExTplusplus/TAT-QA dataset_raw/tatqa_dataset_dev.json)").read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------- seeded perturbations

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
+from shared_data import shared_file
 
 from loratune.errors import AnswerError
 from loratune.tatqa.calc import evaluate
@@ -26,17 +25,11 @@ from loratune.tatqa.render import (
     times_100,
 )
 
-DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tat-qa" / "dev.json"
-
 
 def dev_questions() -> list[dict[str, Any]]:
     """Every dev-set question; a missing file fails under CI and skips elsewhere."""
-    if not DEV.is_file():
-        message = f"{DEV}: the TAT-QA dev set is missing (NExTplusplus/TAT-QA dataset_raw/tatqa_dataset_dev.json)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    return [q for context in json.loads(DEV.read_text(encoding="utf-8")) for q in context["questions"]]
+    dev = shared_file("tat-qa/dev.json", "the TAT-QA dev set (NExTplusplus/TAT-QA dataset_raw/tatqa_dataset_dev.json)")
+    return [q for context in json.loads(dev.read_text(encoding="utf-8")) for q in context["questions"]]
 
 
 CONTEXT = {
