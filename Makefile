@@ -21,9 +21,23 @@ FLOOR_TESTS := tests/test_training_run.py tests/test_training_trainer.py tests/t
 FLOOR_GGUF_TEST := tests/test_models_builtin.py::test_converted_model_matches_gguf[smollm2-135m-instruct]
 FLOOR_PYTEST := OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(FLOOR_VENV)/bin/python -m pytest -q
 
-.PHONY: install demo test test-fast test-floor bench clean
+.PHONY: install llama-runtime demo test test-fast test-floor bench clean
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed llama-runtime
+
+# llama.cpp itself for the export tests and the q4_0/q4_k_m/q5_k_m quantizer: the npm package
+# node-llama-cpp with its prebuilt CPU libllama (no C++ build; ~15 s from the npm registry), pinned by
+# tools/llama-runtime/package-lock.json and kept in build/ so nothing is installed globally. Without
+# npm this says so and the llama.cpp tests skip (under CI=true they fail).
+LLAMA_RUNTIME := build/llama-runtime
+llama-runtime: $(LLAMA_RUNTIME)/.installed
+
+$(LLAMA_RUNTIME)/.installed: tools/llama-runtime/package.json tools/llama-runtime/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+		rm -rf $(LLAMA_RUNTIME) && mkdir -p $(LLAMA_RUNTIME) && cp $^ $(LLAMA_RUNTIME)/ && \
+		(cd $(LLAMA_RUNTIME) && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error) && \
+		touch $@; \
+	else echo "npm not found: llama.cpp ($(LLAMA_RUNTIME)) not installed; its tests will skip"; fi
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,4 +74,4 @@ bench: install
 	$(BIN)/python bench/serve_speed.py
 
 clean:
-	rm -rf $(VENV) $(FLOOR_VENV) runs merged
+	rm -rf $(VENV) $(FLOOR_VENV) $(LLAMA_RUNTIME) runs merged

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "loratune"
 
 LAYERS: dict[str, int] = {
     "errors": 0,
-    "json_files": 1, "config": 1, "tasks": 1, "run_dir": 1, "data": 1, "sql": 1, "tatqa": 1, "ectsum": 1,
+    "json_files": 1, "config": 1, "tasks": 1, "run_dir": 1, "run_status": 1, "data": 1, "sql": 1, "tatqa": 1,
+    "ectsum": 1,
     "models": 2,
     "inference": 3, "training": 3,
     "evaluation": 4,
@@ -97,7 +98,7 @@ def test_no_lower_layer_imports_a_higher_one():
     assert not upward, "\n".join(upward)
 
 
-def test_only_the_cli_imports_the_server():
+def test_only_the_cli_and_the_ui_import_the_server():
     users = {m for m, deps in import_graph().items() for d in deps if part(d) == "serve" and part(m) != "serve"}
     assert all(u == "loratune.cli" or part(u) == "ui" for u in users), users
 

@@ -1,14 +1,20 @@
-"""Evaluation end to end on tiny models: files, keys, tables, SQL metrics."""
+"""Evaluation end to end on tiny models: files, keys, tables, SQL metrics, per-row scores."""
 
 import json
+from pathlib import Path
 
 import pytest
 from run_helpers import SQL_ROWS
 
 from loratune.config import config_from_dict
 from loratune.errors import RunDirError
-from loratune.evaluation.base_vs_lora import evaluate_run
+from loratune.evaluation.base_vs_lora import evaluate_run, prediction_records, score_both, score_variant
+from loratune.evaluation.metrics import TEXT_METRICS
+from loratune.tasks import get_task
 from loratune.training.run import train_run
+
+TATQA_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "tat-qa" / "sample.json"
+EVIDENCE_KEYS = {"ran", "error", "rows", "row_count", "gold_rows", "gold_row_count", "match", "database"}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +56,15 @@ def test_eval_writes_predictions_metrics_and_tables(sql_run, tmp_path):
     assert "execution_accuracy" in metrics["intervals"]
     interval = metrics["intervals"]["rougeL"]
     assert interval["low"] <= interval["diff"] <= interval["high"]
+    # each row's scores average to the aggregate; each SQL answer's evidence says what it returned
+    for variant in ("base", "lora"):
+        for key in ("rougeL", "sql_valid", "execution_accuracy"):
+            mean = sum(r["scores"][variant][key] for r in rows) / len(rows)
+            assert mean == pytest.approx(metrics[variant][key], abs=1e-4), (variant, key)
+        assert set(rows[0]["scores"][variant]) == {*TEXT_METRICS, "sql_valid", "sql_exact_match", "execution_accuracy"}
+        assert all(set(r["evidence"][variant]) == EVIDENCE_KEYS for r in rows)
+    right = [r["evidence"]["lora"] for r in rows if r["scores"]["lora"]["execution_accuracy"] == 1.0]
+    assert all(e["ran"] and e["match"] and e["rows"] == e["gold_rows"] for e in right)
 
 
 def test_eval_output_dir_and_other_file(sql_run, tmp_path):
@@ -131,3 +146,52 @@ def test_rescore_judges_saved_answers_without_generating(sql_run, tmp_path, monk
     assert again["base"]["rougeL"] == first["base"]["rougeL"]
     assert again["lora"]["execution_accuracy_real_db"] is not None
     assert first["lora"]["execution_accuracy_real_db"] is None
+    rescored = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(r["db_id"] == "music" for r in rescored)
+    real = [r["scores"]["lora"]["execution_accuracy_real_db"] for r in rescored]
+    assert sum(real) / len(real) == pytest.approx(again["lora"]["execution_accuracy_real_db"])
+    for record in rescored:
+        evidence = record["evidence"]["lora"]
+        if record["scores"]["lora"]["execution_accuracy_real_db"] == 1.0:
+            assert evidence["database"] == "real" and evidence["rows"] == evidence["gold_rows"]
+        if evidence["database"] == "real":  # COUNT(*), MAX(age): one row; age > 30: two of the three singers
+            assert evidence["gold_row_count"] == (2 if "age > 30" in record["reference"] else 1)
+
+
+def _cfg(task: str):
+    return config_from_dict({"name": task, "model": "smollm2-135m-instruct", "task": task,
+                             "eval": {"bootstrap_samples": 50}})
+
+
+def test_text_rows_get_every_text_metric_and_no_evidence() -> None:
+    task = get_task("prompt-completion")
+    rows = [{"prompt": "Colour of a lime:", "completion": "green"},
+            {"prompt": "Colour of a plum:", "completion": "purple"}]
+    references = [task.target(r) for r in rows]
+    answers = {"base": ["blue", "purple"], "lora": ["green", "purple"]}
+    scored = score_both(answers, references, rows, task, _cfg("prompt-completion"))
+    records = prediction_records(rows, ["p0", "p1"], references, answers, scored)
+    assert [r["scores"]["base"]["exact_match"] for r in records] == [0.0, 1.0]
+    assert [r["scores"]["lora"]["exact_match"] for r in records] == [1.0, 1.0]
+    assert set(records[0]["scores"]["lora"]) == set(TEXT_METRICS) and "evidence" not in records[0]
+    assert records[0] == {"prompt": "p0", "reference": "green", "base": "blue", "lora": "green",
+                          "scores": records[0]["scores"]}
+    json.dumps(records, allow_nan=False)
+
+
+def test_ectsum_rows_show_each_summarys_numeric_precision_not_its_bootstrap_value() -> None:
+    task = get_task("ectsum")
+    rows = [{"document": "Sales rose 4% to 200 units.", "summary": "sales up 4%."},
+            {"document": "Margins held.", "summary": "margins flat."}]
+    scores = score_variant(["sales up 4% to 300 units.", "margins held."], [task.target(r) for r in rows], rows,
+                           task, _cfg("ectsum"))
+    assert scores.per_row["num_precision"] == [0.5, None]  # 4 supported, 300 not; no number in the second
+    assert scores.bootstrap["num_precision"] == [0.5, 0.5]  # the mean, resampled as ECTSum's ratio
+
+
+def test_tatqa_rows_show_em_and_f1() -> None:
+    task = get_task("tat-qa")
+    rows = task.expand_rows(json.loads(TATQA_SAMPLE.read_text()))[:3]
+    scores = score_variant([task.target(rows[0]), "answer: nothing", task.target(rows[2])],
+                           [task.target(r) for r in rows], rows, task, _cfg("tat-qa"))
+    assert scores.per_row["tatqa_em"] == [1.0, 0.0, 1.0] and scores.per_row["tatqa_f1"][0] == 1.0

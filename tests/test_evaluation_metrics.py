@@ -16,6 +16,7 @@ from loratune.evaluation.metrics import (
     chrf_per_example,
     exact_match,
     exact_match_per_example,
+    headline_metric,
     normalize_text,
     paired_bootstrap,
     rouge_per_example,
@@ -136,3 +137,28 @@ def test_paired_bootstrap_percentiles_by_hand() -> None:
     means = (np.array(lora) - np.array(base))[idx].mean(axis=1)
     assert result["low"] == pytest.approx(np.percentile(means, 2.5))
     assert result["high"] == pytest.approx(np.percentile(means, 97.5))
+
+
+@pytest.mark.parametrize("family, key", [("sql", "execution_accuracy"), ("tat-qa", "tatqa_em"),
+                                         ("ectsum", "rougeL"), ("summary", "rougeL"), ("text", "rougeL"),
+                                         ("qa", "rougeL"), ("chat", "rougeL")])
+def test_headline_metric_of_a_task_family(family: str, key: str) -> None:
+    assert headline_metric(family) == key
+
+
+def test_headline_metric_read_off_scores() -> None:
+    sql = {"rougeL": 0.5, "execution_accuracy": 0.4, "execution_accuracy_real_db": None}
+    assert headline_metric(sql) == "execution_accuracy"
+    assert headline_metric({**sql, "execution_accuracy_real_db": 0.6}) == "execution_accuracy_real_db"
+    assert headline_metric({"rougeL": 0.3, "tatqa_em": 0.1, "tatqa_f1": 0.2}) == "tatqa_em"
+    assert headline_metric({"rougeL": 0.3, "num_precision": 0.9}) == "rougeL"
+    # a whole metrics.json: both variants read, its other keys ignored
+    whole = {"n": 3, "task": "sql-create-context", "base": sql, "lora": {**sql, "execution_accuracy_real_db": 0.7}}
+    assert headline_metric(whole) == "execution_accuracy_real_db"
+
+
+def test_headline_metric_errors_name_what_is_missing() -> None:
+    with pytest.raises(LoratuneError, match="unknown task family 'poetry'.*sql, tat-qa"):
+        headline_metric("poetry")
+    with pytest.raises(LoratuneError, match=r"none of execution_accuracy_real_db.*\(keys: bleu\)"):
+        headline_metric({"bleu": 0.2})

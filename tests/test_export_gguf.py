@@ -17,67 +17,16 @@ import torch
 
 from loratune.cli import main
 from loratune.errors import ExportError
-from loratune.export.gguf import (
-    _permute_qk,
-    _pre_tokenizer_name,
-    export_run,
-    write_gguf,
-)
+from loratune.export.gguf import export_run, write_gguf
+from loratune.export.gguf_arch import permute_qk as _permute_qk
+from loratune.export.gguf_vocab import is_sentencepiece_bpe
+from loratune.export.gguf_vocab import pre_tokenizer_name as _pre_tokenizer_name
 from loratune.models.lora import merge_adapter
+from tiny_models import BPE_MERGES as MERGES
+from tiny_models import add_random_adapter, build_tiny_bpe_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["What is 2+2?", "Name the capital of France.", "the theater in the inn", "héllo, SELECT * FROM t;"]
-MERGES = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"), ("Ġ", "s")]
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def build_tiny_bpe_llama(path: Path) -> Path:
-    """tiny_models' Llama with 8 BPE merges added to its byte vocabulary (259 + 8 = 267 tokens)."""
-    from tiny_models import LLAMA_SPECIAL_TOKENS, build_tiny_llama
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        PreTrainedTokenizerFast,
-    )
-
-    build_tiny_llama(path)
-    byte_tokenizer = AutoTokenizer.from_pretrained(path)
-    vocab = dict(byte_tokenizer.backend_tokenizer.get_vocab())
-    for left, right in MERGES:
-        vocab[left + right] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=MERGES))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    bos, start, eos = LLAMA_SPECIAL_TOKENS
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=bos, eos_token=eos, additional_special_tokens=[start],
-        chat_template=byte_tokenizer.chat_template,
-    )
-    assert sorted(ByteLevel.alphabet()) == sorted(t for t in vocab if len(t) == 1)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-def add_random_adapter(model_dir: Path, run_dir: Path, r: int = 4, alpha: int = 8) -> Path:
-    """A run directory whose adapter has non-zero A and B on every projection (as after training)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(model_dir)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        peft_model = get_peft_model(base, LoraConfig(r=r, lora_alpha=alpha, target_modules=TARGETS,
-                                                     init_lora_weights=False))
-    peft_model.save_pretrained(str(run_dir / "adapter"))
-    (run_dir / "adapter" / "loratune.json").write_text(json.dumps({"base_model": str(model_dir)}))
-    return run_dir
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +98,27 @@ def test_pre_tokenizer_maps_to_llama_cpp_name(pre, name):
     assert _pre_tokenizer_name({"model": {"type": "BPE"}, "normalizer": None, "pre_tokenizer": pre}, Path("t")) == name
 
 
-def test_sentencepiece_style_tokenizer_is_refused():
-    gemma_like = {"model": {"type": "BPE", "byte_fallback": True}, "normalizer": {"type": "Replace"},
-                  "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"}}
-    with pytest.raises(ExportError, match="only byte-level BPE tokenizers"):
-        _pre_tokenizer_name(gemma_like, Path("t"))
+GEMMA_NORMALIZER = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
+
+
+@pytest.mark.parametrize("tokenizer_json,sentencepiece", [
+    ({"model": {"type": "BPE", "byte_fallback": True}, "normalizer": GEMMA_NORMALIZER,  # Gemma-3's
+      "pre_tokenizer": {"type": "Split", "pattern": {"String": " "}, "behavior": "MergedWithPrevious"}}, True),
+    ({"model": {"type": "BPE", "byte_fallback": True}, "normalizer": GEMMA_NORMALIZER, "pre_tokenizer": None}, True),
+    # Llama-2 style: a prefix space is added (Metaspace), which llama.cpp's add_space_prefix would need
+    ({"model": {"type": "BPE", "byte_fallback": True}, "normalizer": None,
+      "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"}}, False),
+    ({"model": {"type": "BPE", "byte_fallback": False}, "normalizer": GEMMA_NORMALIZER, "pre_tokenizer": None}, False),
+])
+def test_sentencepiece_shape_is_recognised(tokenizer_json, sentencepiece):
+    assert is_sentencepiece_bpe(tokenizer_json) is sentencepiece
+
+
+def test_unigram_tokenizer_is_refused():
+    t5_like = {"model": {"type": "Unigram"}, "normalizer": None,
+               "pre_tokenizer": {"type": "Metaspace", "replacement": "\u2581"}}
+    with pytest.raises(ExportError, match="only byte-level BPE tokenizers .* and SentencePiece-style BPE"):
+        _pre_tokenizer_name(t5_like, Path("t"))
 
 
 def test_f32_export_equals_merge_exactly(tiny_run):
@@ -280,11 +245,14 @@ def test_cli_exports_and_prints_where(capsys, tiny_run):
     code, stdout, err = run_cli(capsys, "export", str(tiny_run["run"]), "--output", str(out), "--outtype", "f32")
     assert code == 0, err
     assert f"Exported 20 tensors to {out}" in stdout and (out.parent / "Modelfile").is_file()
+    assert f"llama.cpp: llama-cli -m {out} --temp 0\n" in stdout
+    assert f"Ollama: ollama create NAME -f {out.parent / 'Modelfile'} && ollama run NAME" in stdout
     assert not list(out.parent.glob(".loratune-export-*")) and not out.with_name("tiny.gguf.partial").exists()
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--outtype", "q4_k"], "--outtype 'q4_k': choose one of f32, f16, q8_0"),
+    (["--outtype", "q4_k"], "--outtype 'q4_k': choose one of f32, f16, q8_0, q4_0, q4_k_m, q5_k_m"),
+    (["--format", "gguf-lora", "--outtype", "q4_k_m"], "--outtype q4_k_m applies to --format gguf"),
     (["--format", "onnx"], "--format 'onnx': choose one of gguf, gguf-lora"),
     (["--output", "{root}/model.bin"], "the file name must end in .gguf"),
     (["--output", "{root}/exists.gguf"], "already exists; choose another name or delete it"),
@@ -314,7 +282,7 @@ def test_cli_refuses_t5(capsys, tmp_path, tiny_t5_dir):
     (tmp_path / "run" / "adapter" / "loratune.json").write_text(json.dumps({"base_model": str(tiny_t5_dir)}))
     capsys.readouterr()
     code, _, err = run_cli(capsys, "export", str(tmp_path / "run"), "--output", str(tmp_path / "t5.gguf"))
-    assert code == 1 and "model_type 't5' cannot be exported to GGUF yet; supported: llama" in err
+    assert code == 1 and "model_type 't5' cannot be exported to GGUF yet; supported: gemma3_text, llama" in err
     assert err.count("\n") == 1 and not (tmp_path / "t5.gguf").exists()
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from loratune.errors import SqlError
 from loratune.sql import judge_sql
+from loratune.sql.evidence import MAX_CELL_CHARS, SHOWN_ROWS, json_cell, json_rows
 
 SINGER = "CREATE TABLE singer (singer_id VARCHAR, name VARCHAR, country VARCHAR, age VARCHAR)"
 CONCERT = SINGER + "; CREATE TABLE concert (concert_id VARCHAR, singer_id VARCHAR, year VARCHAR)"
@@ -263,3 +265,49 @@ def test_a_row_that_spends_its_time_is_stopped_between_queries(monkeypatch: pyte
     assert elapsed < 3.0  # 8 databases x 2 queries x 0.1 s each would be 1.6 s per row; each row stops at ~0.3 s
     with pytest.raises(SqlError, match="positive"):
         judge_sql(["SELECT 1"], ["SELECT 1"], [SINGER], row_timeout_s=0)
+
+
+def test_evidence_shows_both_results_on_the_real_database(tmp_path: Path) -> None:
+    db_dir = _spider_dir(tmp_path)
+    golds = ["SELECT name FROM singer WHERE age > 26 ORDER BY name", "SELECT name FROM singer WHERE age > 26"]
+    preds = ["SELECT name FROM singer WHERE age >= 30 ORDER BY name", "SELECT name FROM singer WHERE age > 40"]
+    right, wrong = (r.evidence.as_dict() for r in judge_sql(golds, preds, [SINGER] * 2, db_ids=["music"] * 2,
+                                                             db_dir=db_dir).records)
+    assert right == {"ran": True, "error": None, "rows": [["Ann"], ["Bo"], ["Di"]], "row_count": 3,
+                     "gold_rows": [["Ann"], ["Bo"], ["Di"]], "gold_row_count": 3, "match": True, "database": "real"}
+    assert wrong["rows"] == [["Bo"], ["Di"]] and wrong["gold_row_count"] == 3 and not wrong["match"]
+
+
+def test_evidence_on_synthesized_databases_keeps_the_mismatch() -> None:
+    same = judge("SELECT name FROM singer WHERE age > 20", "SELECT name FROM singer WHERE age > 20").evidence
+    assert same.database.startswith("synthesized") and same.ran and same.match
+    assert same.gold_row_count and same.rows == same.gold_rows and same.row_count == same.gold_row_count
+    differs = judge("SELECT name FROM singer WHERE age > 20", "SELECT name FROM singer WHERE age >= 20")
+    assert not differs.exec_match and not differs.evidence.match and differs.evidence.ran
+    assert "evidence" not in differs.as_dict()  # the sql-eval files keep their fields
+
+
+def test_evidence_of_a_prediction_that_never_reached_data() -> None:
+    refused = judge("SELECT name FROM singer", "SELEC name FROM singer").evidence
+    assert (refused.database, refused.ran, refused.rows, refused.gold_row_count) == (None, False, [], None)
+    assert "parse" in refused.error
+    missing = judge("SELECT name FROM singer", "SELECT nme FROM singer").evidence
+    assert (missing.database, missing.ran, missing.match) == ("schema", False, False)
+    assert "no such column" in missing.error
+
+
+def test_evidence_keeps_five_rows_as_json_values(tmp_path: Path) -> None:
+    db_dir = _spider_dir(tmp_path)
+    many = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 40) SELECT x, x'00ff', 1e999, '"
+    record = judge_sql(["SELECT name FROM singer"], [many + "y" * 1000 + "' FROM c"], [SINGER], db_ids=["music"],
+                       db_dir=db_dir).records[0]
+    evidence = record.evidence.as_dict()
+    assert evidence["row_count"] == 40 and len(evidence["rows"]) == SHOWN_ROWS
+    assert evidence["rows"][0][:3] == [1, "X'00FF'", "inf"] and len(evidence["rows"][0][3]) == MAX_CELL_CHARS
+    json.dumps(evidence, allow_nan=False)
+
+
+def test_json_cell_converts_what_json_cannot_hold() -> None:
+    assert json_cell((1, b"\x01", Decimal("2.5"), float("nan"), None, True)) == [1, "X'01'", 2.5, "nan", None, True]
+    assert json_cell(memoryview(b"\xff" * 500)).startswith("X'FFFF") and len(json_cell(b"\xff" * 500)) == MAX_CELL_CHARS
+    assert json_rows([(i,) for i in range(9)]) == [[0], [1], [2], [3], [4]]

@@ -267,3 +267,42 @@ def test_keep_best_false_ends_with_the_last_weights(tmp_path, tiny_llama_dir):
     final = load_file(result.run_dir / "adapter" / "adapter_model.safetensors")
     checkpoint = load_file(result.run_dir / "checkpoints" / "checkpoint-6" / "adapter_model.safetensors")
     assert all(torch.equal(final[k], checkpoint[k]) for k in final)
+
+
+def test_a_requested_stop_ends_at_a_checkpoint_and_resume_finishes_the_run(tmp_path, tiny_llama_dir, monkeypatch):
+    """`loratune stop` mid-run: a checkpoint at that step, no adapter, state interrupted, the lines it
+    logged in log.txt; `--resume` finishes it."""
+    from loratune.errors import TrainingStopped
+    from loratune.run_status import read_status, request_stop, run_state, stop_requested
+    from loratune.training.status import StopOnRequest
+
+    cfg = make_cfg(tmp_path, tiny_llama_dir, name="stopped", max_steps=8, eval_steps=6, logging_steps=2)
+    run_dir = cfg.run_dir
+    answer = StopOnRequest.on_step_end
+
+    def ask_during_step_3(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            request_stop(run_dir)
+        return answer(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(StopOnRequest, "on_step_end", ask_during_step_3)
+    messages = []
+    with pytest.raises(TrainingStopped) as stopped:
+        train_run(cfg, log=messages.append)
+    assert str(stopped.value) == (f"stopped at step 3 of 8; checkpoint-3 saved; continue with "
+                                  f"`loratune run {run_dir / 'config.yaml'} --resume`")
+    assert (run_dir / "checkpoints" / "checkpoint-3" / "trainer_state.json").is_file()
+    assert not (run_dir / "adapter").exists() and not (run_dir / "run_summary.json").exists()
+    status = read_status(run_dir)
+    assert (status["state"], status["message"], status["step"], status["max_steps"]) == (
+        "interrupted", str(stopped.value), 3, 8)
+    assert run_state(run_dir).state == "interrupted" and not stop_requested(run_dir)
+    assert (run_dir / "log.txt").read_text().splitlines() == messages
+
+    monkeypatch.undo()
+    result = train_run(cfg, resume=True, log=messages.append)
+    assert result.summary["steps"] == 8 and (run_dir / "adapter" / "adapter_config.json").is_file()
+    status = read_status(run_dir)
+    assert (status["state"], status["message"], status["step"], status["max_steps"]) == ("trained", None, 8, 8)
+    assert status["elapsed_s"] > 0 and status["tokens_per_s"] > 0 and status["eta_s"] == 0
+    assert (run_dir / "log.txt").read_text().splitlines() == messages  # appended on resume

@@ -11,6 +11,7 @@ most of them import torch and transformers (seconds), and `loratune --help`, a m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
-from loratune.errors import LoratuneError
+from loratune.errors import LoratuneError, TrainingStopped
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -49,20 +50,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     from loratune.config import load_config
     from loratune.evaluation.base_vs_lora import evaluate_run
     from loratune.reporting.report import write_report
+    from loratune.run_status import phase, write_status
     from loratune.training.run import train_run
 
     cfg = load_config(args.config, args.overrides)
     result = train_run(cfg, resume=args.resume, overwrite=args.overwrite)
     if not _is_main_process():  # under torchrun, evaluation and the report run once
         return 0
-    evaluate_run(result.run_dir, limit=args.limit)
-    if cfg.eval.progress_rows:
-        from loratune.evaluation.over_time import evaluate_progress
-        from loratune.reporting.plots import plot_accuracy_vs_time
+    with phase(result.run_dir, "evaluating"):
+        evaluate_run(result.run_dir, limit=args.limit)
+        if cfg.eval.progress_rows:
+            from loratune.evaluation.over_time import evaluate_progress
+            from loratune.reporting.plots import plot_accuracy_vs_time
 
-        progress = evaluate_progress(result.run_dir, rows=cfg.eval.progress_rows)
-        print(f"Plot: {plot_accuracy_vs_time(result.run_dir, progress)}")
-    md, html = write_report(result.run_dir)
+            progress = evaluate_progress(result.run_dir, rows=cfg.eval.progress_rows)
+            print(f"Plot: {plot_accuracy_vs_time(result.run_dir, progress)}")
+        md, html = write_report(result.run_dir)
+    write_status(result.run_dir, "finished")
     print(f"Report: {md} and {html}")
     return 0
 
@@ -78,9 +82,35 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from loratune.evaluation.base_vs_lora import evaluate_run
+    from loratune.run_dir import has_adapter
+    from loratune.run_status import phase, write_status
 
-    evaluate_run(args.run_dir, limit=args.limit, overrides=args.overrides, output_dir=args.output,
-                 rescore=args.rescore)
+    run_dir = Path(args.run_dir)
+    # The run's status follows an evaluation written into the run, not one sent elsewhere (--output).
+    tracked = args.output is None and has_adapter(run_dir)
+    with phase(run_dir, "evaluating") if tracked else contextlib.nullcontext():
+        evaluate_run(args.run_dir, limit=args.limit, overrides=args.overrides, output_dir=args.output,
+                     rescore=args.rescore)
+    if tracked:
+        write_status(run_dir, "finished")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from loratune.run_dir import require_run_dir
+    from loratune.run_status import request_stop, resume_command, run_state
+
+    run_dir = require_run_dir(args.run_dir)
+    now = run_state(run_dir)
+    if now.state == "evaluating":
+        raise LoratuneError(f"{run_dir}: evaluating, which `loratune stop` does not stop; press Ctrl-C where it "
+                            f"runs (pid {(now.status or {}).get('pid')})")
+    if now.state != "training":
+        detail = f": {now.message}" if now.message else ""
+        raise LoratuneError(f"{run_dir}: not training (state {now.state}{detail}); nothing to stop")
+    request_stop(run_dir)
+    print(f"{run_dir}: stop requested. The training stops after its current step with a checkpoint, saves no "
+          f"adapter and skips evaluation; continue it with {resume_command(run_dir)}")
     return 0
 
 
@@ -160,8 +190,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export_run(args.run_dir, args.output, fmt=args.format, outtype=args.outtype, base=args.base)
     print(f"Exported {result.tensors} tensors to {result.path}")
-    if result.modelfile is not None:
-        print(f"Ollama: ollama create NAME -f {result.modelfile}")
+    print("Run it with:", *result.commands, sep="\n  ")
     return 0
 
 
@@ -196,6 +225,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from loratune.serve.terminal_chat import chat_loop
 
     chat_loop(run_dir=args.run_dir, base=args.base)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from loratune.ui.app import run_ui
+
+    run_ui(args.runs_dir, host=args.host, port=args.port,
+           api_key=args.api_key or os.environ.get("LORATUNE_API_KEY"), configs_dir=args.configs)
     return 0
 
 
@@ -235,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="judge the saved answers again (e.g. with --set eval.sql.databases=DIR) without generating")
     p.set_defaults(handler=cmd_eval)
 
+    p = sub.add_parser("stop", help="stop a run's training after its current step, with a checkpoint to --resume")
+    p.add_argument("run_dir")
+    p.set_defaults(handler=cmd_stop)
+
     p = sub.add_parser("report", help="(re)write report.md, report.html and plots/ for a run")
     p.add_argument("run_dir")
     p.set_defaults(handler=cmd_report)
@@ -264,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--format", default="gguf", help="gguf (merged model + Modelfile) or gguf-lora (adapter alone)")
     # Checked by the library, not argparse `choices`, so a bad value is our one-line error.
-    p.add_argument("--outtype", default="f16", help="f32, f16 or q8_0 (default f16)")
+    p.add_argument("--outtype", default="f16",
+                   help="f32, f16, q8_0, or q4_0, q4_k_m, q5_k_m by llama.cpp's quantizer (default f16)")
     p.add_argument("--output", required=True, help="the .gguf file to write")
     p.add_argument("--base", default=None, help="base model (default: the one the adapter was trained on)")
     p.set_defaults(handler=cmd_export)
@@ -296,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", nargs="?")
     p.add_argument("--base", default=None)
     p.set_defaults(handler=cmd_chat)
+
+    p = sub.add_parser("ui", help="a dashboard in the browser: runs, live training, answers, compare, chat")
+    p.add_argument("--runs-dir", default="runs", help="the folder of run directories (default: runs)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; any other "
+                                                       "needs --api-key)")
+    p.add_argument("--port", type=int, default=7860, help="default 7860")
+    p.add_argument("--api-key", default=None, help="require this key on every API request (or set LORATUNE_API_KEY)")
+    p.add_argument("--configs", default="configs", help="the folder of configs the Start view offers")
+    p.set_defaults(handler=cmd_ui)
     return parser
 
 
@@ -307,6 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
+    except TrainingStopped as exc:  # asked for, not an error: no "error:" before it
+        print(f"loratune {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except LoratuneError as exc:
         print(f"loratune {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code

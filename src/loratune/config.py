@@ -364,22 +364,25 @@ def _fix_yaml_floats(node: Any) -> Any:
     return node
 
 
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    """A YAML mapping from `text`; errors name `source` (and the line, for syntax errors)."""
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(values, dict) and values is not None:
+        raise ConfigError(f"{source}: the top level must be a mapping of keys to values")
+    return _fix_yaml_floats(values or {})
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; errors name the file (and line, for syntax errors)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of keys to values")
-    return _fix_yaml_floats(values)
+    return parse_yaml(path.read_text(encoding="utf-8"), str(path))
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -396,5 +399,4 @@ def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
 def save_config(cfg: RunConfig, path: str | Path) -> None:
     """Write the resolved config (every key, defaults included) as YAML."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True)
-    Path(path).write_text(text, encoding="utf-8")
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")

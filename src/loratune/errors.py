@@ -50,6 +50,14 @@ class TrainingError(LoratuneError):
     not finite (NaN or infinite)."""
 
 
+class TrainingStopped(LoratuneError):
+    """Raised when a training stops because a stop was asked for (`loratune stop`, the ui's Stop):
+    it saved a checkpoint and no adapter. The message says at which step and the command that
+    continues it; `loratune run` does not evaluate and exits 3."""
+
+    exit_code = 3
+
+
 class SqlError(LoratuneError):
     """Raised when SQL evaluation inputs are malformed (misaligned gold and predictions,
     missing database directory)."""

@@ -12,6 +12,9 @@ runs/<name>/
   predictions.jsonl   evaluation: base and LoRA answers per held-out row
   metrics.json/.md    evaluation metrics and tables
   plots/ report.md report.html
+  status.json         what the run is doing now: training, evaluating, finished, ... (`run_status.py`)
+  log.txt             the lines training printed
+  stop.request        present while a stop is asked for (`loratune stop`)
 ```
 """
 
@@ -37,6 +40,9 @@ SUMMARY = "run_summary.json"
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 LOCK = ".train.lock"
+STATUS = "status.json"
+STOP = "stop.request"
+LOG = "log.txt"
 RUN_FILES = (CONFIG, METRICS_LOG, SUMMARY, DATA_STATS, METRICS, PREDICTIONS)
 
 

@@ -5,7 +5,8 @@ the rows training held out. Generation is the slow part, so each variant's answe
 `predictions.base.jsonl` / `predictions.lora.jsonl` batch by batch: a crash or a kill loses one
 batch, a second run on the same output picks up where the first stopped, and `--rescore` judges
 saved answers again (a new database folder, a judge fix) without generating. Scoring always comes
-after the answers are safe on disk.
+after the answers are safe on disk; then `predictions.jsonl` gets one record per row with both
+answers, each variant's per-row scores and, for SQL, what each query returned beside the gold.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Callable
 from loratune.config import GenerationSettings, RunConfig, load_config
 from loratune.data import eval_prompts, load_splits
 from loratune.errors import RunDirError
-from loratune.evaluation.ectsum_scores import ectsum_scores
+from loratune.evaluation.ectsum_scores import ectsum_scores, numeric_precisions
 from loratune.evaluation.metrics import paired_bootstrap, text_metrics
 from loratune.evaluation.tables import format_metrics_tables
 from loratune.evaluation.tatqa_scores import add_verdicts, tatqa_scores
@@ -29,7 +30,7 @@ from loratune.json_files import append_jsonl, read_jsonl, write_json, write_text
 from loratune.models.load import inspect_model, load_model
 from loratune.models.lora import resolve_adapter_dir
 from loratune.run_dir import CONFIG, METRICS, PREDICTIONS, require_run_dir
-from loratune.sql import judge_sql
+from loratune.sql import SqlJudgement, judge_sql
 from loratune.tasks import Task, get_task
 
 Log = Callable[[str], None]
@@ -48,22 +49,40 @@ def load_run_config(run_dir: str | Path, overrides: list[str] | None = None) -> 
     return load_config(path, overrides)
 
 
-def score_answers(
+@dataclass
+class VariantScores:
+    """One variant's scores on the eval rows."""
+
+    aggregate: dict[str, Any]
+    """What metrics.json holds for the variant."""
+    per_row: dict[str, list[float | None]]
+    """Each metric's value per row, aligned with the rows; None where it does not apply to a row
+    (no real database, a summary without numbers). predictions.jsonl shows these."""
+    bootstrap: dict[str, list[float]]
+    """The values `paired_bootstrap` resamples: only the rows a metric applies to, and a ratio
+    metric's linearised values (`ectsum_scores.bootstrap_values`)."""
+    evidence: list[dict[str, Any]] | None = None
+    """SQL tasks: per row, what the prediction and the gold returned (`sql.evidence`)."""
+
+    def add(self, aggregate: dict[str, Any], each: dict[str, list[float]]) -> None:
+        self.aggregate.update(aggregate)
+        self.per_row.update(each)
+        self.bootstrap.update(each)
+
+
+def score_variant(
     predictions: list[str], references: list[str], rows: list[dict[str, Any]], task: Task, cfg: RunConfig
-) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    """Aggregate metrics and per-example scores (for bootstrap intervals) for one variant."""
-
+) -> VariantScores:
+    """Every metric the task family has, aggregated and per row, for one variant's answers."""
     aggregate, per_example = text_metrics(predictions, references)
+    scores = VariantScores(aggregate, dict(per_example), per_example)
     if task.family == "tat-qa":
-        found, each = tatqa_scores(predictions, rows)
-        aggregate.update(found)
-        per_example.update(each)
+        scores.add(*tatqa_scores(predictions, rows))
     if task.family == "ectsum":
-        found, each = ectsum_scores(predictions, rows)
-        aggregate.update(found)
-        per_example.update(each)
+        scores.add(*ectsum_scores(predictions, rows))
+        if "num_precision" in scores.bootstrap:
+            scores.per_row["num_precision"] = numeric_precisions(predictions, rows)
     if task.family == "sql" and task.build_schema is not None:
-
         judgement = judge_sql(
             references,
             predictions,
@@ -74,22 +93,34 @@ def score_answers(
             seed=cfg.eval.seed,
             timeout_s=cfg.eval.sql.timeout_s,
         )
-        sql = judgement.as_dict()
-        aggregate.update(
-            sql_valid=sql["valid"],
-            sql_exact_match=sql["exact_match"],
-            execution_accuracy=sql["execution_accuracy"],
-            execution_accuracy_real_db=sql["execution_accuracy_real_db"],
-        )
-        records = judgement.records
-        per_example["sql_valid"] = [float(r.valid) for r in records]
-        per_example["sql_exact_match"] = [float(r.exact_match) for r in records]
-        per_example["execution_accuracy"] = [float(r.exec_match) for r in records]
-        if sql["execution_accuracy_real_db"] is not None:
-            per_example["execution_accuracy_real_db"] = [
-                float(bool(r.exec_match_real_db)) for r in records if r.exec_match_real_db is not None
-            ]
-    return aggregate, per_example
+        add_sql_scores(scores, judgement)
+    return scores
+
+
+def add_sql_scores(scores: VariantScores, judgement: SqlJudgement) -> None:
+    """The judge's verdicts as metrics (0/1 per row) and its evidence per row."""
+    sql = judgement.as_dict()
+    records = judgement.records
+    scores.add(
+        {"sql_valid": sql["valid"], "sql_exact_match": sql["exact_match"],
+         "execution_accuracy": sql["execution_accuracy"],
+         "execution_accuracy_real_db": sql["execution_accuracy_real_db"]},
+        {"sql_valid": [float(r.valid) for r in records], "sql_exact_match": [float(r.exact_match) for r in records],
+         "execution_accuracy": [float(r.exec_match) for r in records]},
+    )
+    if sql["execution_accuracy_real_db"] is not None:
+        real = [None if r.exec_match_real_db is None else float(r.exec_match_real_db) for r in records]
+        scores.per_row["execution_accuracy_real_db"] = real
+        scores.bootstrap["execution_accuracy_real_db"] = [v for v in real if v is not None]
+    scores.evidence = [r.evidence.as_dict() if r.evidence is not None else None for r in records]
+
+
+def score_answers(
+    predictions: list[str], references: list[str], rows: list[dict[str, Any]], task: Task, cfg: RunConfig
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Aggregate metrics and per-example scores (for bootstrap intervals) for one variant."""
+    scores = score_variant(predictions, references, rows, task, cfg)
+    return scores.aggregate, scores.bootstrap
 
 
 # ---------------------------------------------------------------- answers kept as they are made
@@ -210,16 +241,10 @@ def evaluate_run(
         base, lora = _generate_both(cfg, info, adapter_dir, prompts, jobs, task, log)
     generation_s = time.perf_counter() - started
 
-    records = []
-    for row, prompt, reference, b, lo in zip(rows, prompts, references, base, lora):
-        record = {"prompt": prompt, "reference": reference, "base": b, "lora": lo}
-        if row.get("db_id"):
-            record["db_id"] = row["db_id"]
-        records.append(record)
-    if task.family == "tat-qa":
-        add_verdicts(records, rows, {"base": base, "lora": lora}, out)
-    write_text(out / PREDICTIONS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return score_and_save(cfg, task, rows, references, base, lora, out, generation_s, rescore, log)
+    replies = {"base": base, "lora": lora}
+    scored = score_both(replies, references, rows, task, cfg)
+    write_predictions(out, prediction_records(rows, prompts, references, replies, scored), rows, task, replies)
+    return save_metrics(cfg, len(rows), scored, out, generation_s, rescore, log)
 
 
 def _generate_both(cfg: RunConfig, info: Any, adapter_dir: Path, prompts: list[str], jobs: dict[str, AnswerLog],
@@ -242,30 +267,80 @@ def _generate_both(cfg: RunConfig, info: Any, adapter_dir: Path, prompts: list[s
     return base, lora
 
 
+# ---------------------------------------------------------------- what evaluation writes
+
+
+def score_both(answers: dict[str, list[str]], references: list[str], rows: list[dict[str, Any]], task: Task,
+               cfg: RunConfig) -> dict[str, VariantScores]:
+    """Each variant's answers scored against the same references and rows."""
+    return {variant: score_variant(answers[variant], references, rows, task, cfg) for variant in VARIANTS}
+
+
+SCORE_DIGITS = 4
+"""Per-row scores in predictions.jsonl are rounded to this many decimals: the file stays small."""
+
+
+def prediction_records(rows: list[dict[str, Any]], prompts: list[str], references: list[str],
+                       answers: dict[str, list[str]], scored: dict[str, VariantScores]) -> list[dict[str, Any]]:
+    """One predictions.jsonl record per row: prompt, reference, both answers, each variant's
+    per-row scores, and for SQL tasks what each answer's query returned beside the gold's."""
+    records = []
+    for i, (row, prompt, reference) in enumerate(zip(rows, prompts, references)):
+        record: dict[str, Any] = {"prompt": prompt, "reference": reference}
+        record.update({variant: answers[variant][i] for variant in VARIANTS})
+        if row.get("db_id"):
+            record["db_id"] = row["db_id"]
+        record["scores"] = {variant: row_scores(scored[variant], i) for variant in VARIANTS}
+        if all(scored[variant].evidence is not None for variant in VARIANTS):
+            record["evidence"] = {variant: scored[variant].evidence[i] for variant in VARIANTS}  # type: ignore[index]
+        records.append(record)
+    return records
+
+
+def row_scores(scores: VariantScores, index: int) -> dict[str, float | None]:
+    """Row `index`'s value of every per-row metric (None where the metric does not apply)."""
+    values = {key: each[index] for key, each in scores.per_row.items()}
+    return {key: None if value is None else round(float(value), SCORE_DIGITS) for key, value in values.items()}
+
+
+def write_predictions(out: Path, records: list[dict[str, Any]], rows: list[dict[str, Any]], task: Task,
+                      answers: dict[str, list[str]]) -> None:
+    """predictions.jsonl; TAT-QA runs add each question's uid and verdicts, and the official files."""
+    if task.family == "tat-qa":
+        add_verdicts(records, rows, answers, out)
+    write_text(out / PREDICTIONS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
 def score_and_save(cfg: RunConfig, task: Task, rows: list[dict[str, Any]], references: list[str], base: list[str],
                    lora: list[str], out: Path, generation_s: float, rescore: bool, log: Log) -> dict[str, Any]:
-    """Score both variants, with paired bootstrap intervals of LoRA - base; write metrics.json/.md."""
+    """Score both variants and write metrics.json/.md, for answers scored without their prompts
+    (no predictions.jsonl: that needs them)."""
+    scored = score_both({"base": base, "lora": lora}, references, rows, task, cfg)
+    return save_metrics(cfg, len(rows), scored, out, generation_s, rescore, log)
 
-    base_scores, base_each = score_answers(base, references, rows, task, cfg)
-    lora_scores, lora_each = score_answers(lora, references, rows, task, cfg)
+
+def save_metrics(cfg: RunConfig, n: int, scored: dict[str, VariantScores], out: Path, generation_s: float,
+                 rescore: bool, log: Log) -> dict[str, Any]:
+    """Both variants' aggregates with paired bootstrap intervals of LoRA - base; write metrics.json/.md."""
+    base_each, lora_each = scored["base"].bootstrap, scored["lora"].bootstrap
     intervals = {
         key: paired_bootstrap(base_each[key], lora_each[key], samples=cfg.eval.bootstrap_samples, seed=cfg.eval.seed)
         for key in base_each
         if key in lora_each and len(base_each[key]) == len(lora_each[key]) and base_each[key]
     }
     metrics = {
-        "n": len(rows),
+        "n": n,
         "task": cfg.task,
         "model": cfg.model,
         "generation_s": round(generation_s, 1),
-        "base": base_scores,
-        "lora": lora_scores,
+        "base": scored["base"].aggregate,
+        "lora": scored["lora"].aggregate,
         "intervals": intervals,
     }
     write_json(out / METRICS, metrics)
     tables = format_metrics_tables(metrics)
     write_text(out / "metrics.md", tables + "\n")
-    log(f"Re-scored {len(rows)} saved answers" if rescore else
-        f"Evaluated {len(rows)} held-out rows in {generation_s:.0f}s (base and LoRA)")
+    log(f"Re-scored {n} saved answers" if rescore else
+        f"Evaluated {n} held-out rows in {generation_s:.0f}s (base and LoRA)")
     log(tables)
     return metrics

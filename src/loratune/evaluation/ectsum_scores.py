@@ -16,10 +16,16 @@ ECTSUM_METRICS = ("num_precision",)
 def ectsum_scores(replies: list[str], rows: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """Aggregate numeric precision (ECTSum's: the mean over the summaries that hold a number) with
     the count of those summaries, and per-summary values for paired bootstrap intervals."""
-    scores = [numeric_precision(reply, str(row["document"]), str(row["summary"])) for reply, row in zip(replies, rows)]
+    scores = numeric_precisions(replies, rows)
     mean = mean_numeric_precision(scores)
     aggregate = {"num_precision": mean, "num_precision_summaries": sum(s is not None for s in scores)}
     return aggregate, ({"num_precision": bootstrap_values(scores, mean)} if mean is not None else {})
+
+
+def numeric_precisions(replies: list[str], rows: list[dict[str, Any]]) -> list[float | None]:
+    """Each summary's numeric precision against its transcript and reference; None for a summary
+    without numbers (ECTSum leaves those out of the mean)."""
+    return [numeric_precision(reply, str(row["document"]), str(row["summary"])) for reply, row in zip(replies, rows)]
 
 
 def bootstrap_values(scores: list[float | None], mean: float) -> list[float]:

@@ -17,7 +17,7 @@ For the bootstrap, per-example lists use sacrebleu's sentence-level scores.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import sacrebleu
@@ -49,7 +49,39 @@ METRIC_LABELS = {
 FORGETTING_METRIC_NAMES = {"execution_accuracy": "execution accuracy", "rougeL": "ROUGE-L"}
 """The metric a forgetting matrix reads per eval set (SQL tasks: execution; others: ROUGE-L), in words."""
 
+HEADLINE_METRICS = {"sql": "execution_accuracy", "tat-qa": "tatqa_em", "ectsum": "rougeL", "summary": "rougeL",
+                    "text": "rougeL", "qa": "rougeL", "chat": "rougeL"}
+"""Each task family's headline: the one number a run is shown and filtered by first."""
+HEADLINE_ORDER = ("execution_accuracy_real_db", "execution_accuracy", "tatqa_em", "rougeL")
+"""Read off scores: the first of these they hold (real databases before synthesized ones)."""
+
 _WHITESPACE = re.compile(r"\s+")
+
+
+def headline_metric(task_family_or_metrics: str | Mapping[str, Any]) -> str:
+    """The headline metric's key, from a task family (`HEADLINE_METRICS`) or from scores: one
+    variant's aggregates or a whole metrics.json (both variants). Scores name the real-database
+    execution accuracy when the rows were judged on real databases, which a family cannot tell.
+    Pass aggregates, not one row's scores: a row without a database has no real-database value."""
+    if isinstance(task_family_or_metrics, str):
+        family = task_family_or_metrics
+        if family not in HEADLINE_METRICS:
+            known = ", ".join(HEADLINE_METRICS)
+            raise LoratuneError(f"headline_metric: unknown task family {family!r}; known: {known}")
+        return HEADLINE_METRICS[family]
+    scores = _variant_scores(task_family_or_metrics)
+    for key in HEADLINE_ORDER:
+        if scores.get(key) is not None:
+            return key
+    raise LoratuneError(
+        f"headline_metric: the scores hold none of {', '.join(HEADLINE_ORDER)} (keys: {', '.join(map(str, scores))})"
+    )
+
+
+def _variant_scores(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """One variant's scores, or both variants' merged when given a metrics.json object."""
+    variants = [metrics[v] for v in ("base", "lora") if isinstance(metrics.get(v), Mapping)]
+    return {k: v for scores in variants for k, v in scores.items() if v is not None} if variants else dict(metrics)
 
 
 def _check_aligned(predictions: Sequence[str], references: Sequence[str]) -> None:

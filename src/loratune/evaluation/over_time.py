@@ -16,6 +16,7 @@ from typing import Any, Callable, Sequence
 from loratune.data import eval_prompts, load_splits
 from loratune.errors import AdapterError
 from loratune.evaluation.base_vs_lora import load_run_config, score_answers
+from loratune.evaluation.metrics import headline_metric
 from loratune.inference.generate import generate_texts
 from loratune.json_files import read_json, read_json_or_none, read_jsonl, write_json
 from loratune.models.load import load_model
@@ -97,11 +98,10 @@ def _best_checkpoint_step(checkpoints: list[tuple[int, Path]]) -> int | None:
 
 
 def headline_accuracy(scores: dict[str, Any]) -> tuple[float, str]:
-    """Real-database execution accuracy when the rows have databases, else test-suite
-    execution accuracy on synthesized databases; with the metric's name."""
-    if scores.get("execution_accuracy_real_db") is not None:
-        return float(scores["execution_accuracy_real_db"]), "execution_accuracy_real_db"
-    return float(scores.get("execution_accuracy", 0.0)), "execution_accuracy"
+    """The headline (`metrics.headline_metric`): real-database execution accuracy when the rows
+    have databases, else test-suite execution accuracy on synthesized databases; with its name."""
+    metric = headline_metric(scores)
+    return float(scores[metric]), metric
 
 
 def evaluate_progress(

@@ -3,7 +3,8 @@ adapter alone in llama.cpp's LoRA GGUF layout.
 
 The flow reads top to bottom: check (cheap, no writes), merge (`lora.merge_adapter` into a temporary
 directory), convert (tensors renamed through gguf-py's name tables, tokenizer and chat template into
-the metadata), record (the Modelfile). Conventions follow llama.cpp's `convert_hf_to_gguf.py` and
+the metadata; q4_0 and the k-quants by llama.cpp's own quantizer, `export/quantize.py`), record (the
+Modelfile, and the commands that run the file). Conventions follow llama.cpp's `convert_hf_to_gguf.py` and
 `convert_lora_to_gguf.py`, so the files load in llama.cpp and in transformers' GGUF reader alike.
 """
 
@@ -20,36 +21,17 @@ import gguf
 import numpy as np
 
 from loratune.errors import ExportError
+from loratune.export.gguf_arch import ArchSpec, TensorNames, arch_spec, permute_qk
+from loratune.export.gguf_vocab import write_vocab
+from loratune.export.llama_runtime import require_runtime
 from loratune.export.modelfile import generation_settings, modelfile_text
+from loratune.export.quantize import QUANTIZED_OUTTYPES, quantize_gguf
 from loratune.models.load import resolve_source
 from loratune.models.lora import adapter_and_base, merge_adapter
 
 FORMATS = ("gguf", "gguf-lora")
-OUTTYPES = ("f32", "f16", "q8_0")
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """How one transformers `model_type` becomes a llama.cpp architecture."""
-
-    gguf_arch: str  # the gguf-py MODEL_ARCH member, e.g. "LLAMA"
-    # HF Llama pairs rotary dimensions (i, i + d/2), llama.cpp's llama graph (2i, 2i + 1): q/k rows are
-    # reordered within each head (llama.cpp's LlamaModel.permute, which transformers' GGUF reader undoes).
-    permute_qk: bool
-
-
-# One entry per supported transformers model_type. Gemma-3 would add an entry here, plus a
-# SentencePiece vocabulary writer and its norm-weight convention (llama.cpp stores 1 + w).
-ARCHITECTURES: dict[str, ArchSpec] = {
-    "llama": ArchSpec(gguf_arch="LLAMA", permute_qk=True),
-}
-
-# tokenizer.json pre-tokenizers that llama.cpp reproduces, keyed by their shape; the value is the
-# `tokenizer.ggml.pre` name whose regexes split text the same way (see llama-vocab.cpp).
-BYTE_LEVEL_PRE_TOKENIZERS: dict[tuple[str, ...], str] = {
-    ("ByteLevel",): "gpt-2",
-    ("Digits(individual)", "ByteLevel"): "smollm",
-}
+WRITTEN_OUTTYPES = ("f32", "f16", "q8_0")  # written here; the others by llama.cpp's quantizer from an f32 GGUF
+OUTTYPES = WRITTEN_OUTTYPES + tuple(QUANTIZED_OUTTYPES)
 
 
 @dataclass(frozen=True)
@@ -59,6 +41,7 @@ class ExportResult:
     path: Path
     modelfile: Path | None
     tensors: int
+    commands: tuple[str, ...] = ()  # shell lines that run the file in llama.cpp and Ollama
 
 
 @contextlib.contextmanager
@@ -85,22 +68,17 @@ def check_options(fmt: str, outtype: str, output: Path) -> None:
         raise ExportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     if outtype not in OUTTYPES:
         raise ExportError(f"--outtype {outtype!r}: choose one of {', '.join(OUTTYPES)}")
+    if outtype in QUANTIZED_OUTTYPES and fmt == "gguf-lora":
+        raise ExportError(f"--outtype {outtype} applies to --format gguf; an adapter is written as "
+                          f"{', '.join(WRITTEN_OUTTYPES)}")
     if output.suffix.lower() != ".gguf":
         raise ExportError(f"--output {output}: the file name must end in .gguf")
     if output.exists():
         raise ExportError(f"--output {output}: already exists; choose another name or delete it")
     if fmt == "gguf" and (output.parent / "Modelfile").exists():
         raise ExportError(f"{output.parent / 'Modelfile'}: already exists; export into another folder")
-
-
-def arch_spec(model_type: str) -> ArchSpec:
-    """The architecture entry for `model_type`, or an ExportError listing what is supported."""
-    if model_type not in ARCHITECTURES:
-        raise ExportError(
-            f"model_type {model_type!r} cannot be exported to GGUF yet; supported: {', '.join(sorted(ARCHITECTURES))} "
-            "(use `loratune merge` for a safetensors model instead)"
-        )
-    return ARCHITECTURES[model_type]
+    if outtype in QUANTIZED_OUTTYPES:
+        require_runtime()  # llama.cpp's quantizer: missing, it fails now rather than after the merge
 
 
 def export_run(
@@ -108,7 +86,6 @@ def export_run(
 ) -> ExportResult:
     """Export a run's adapter: merged into its base as a GGUF with a Modelfile (`gguf`), or alone (`gguf-lora`)."""
     from transformers import AutoConfig, AutoTokenizer
-
 
     output = Path(output)
     check_options(fmt, outtype, output)
@@ -121,26 +98,41 @@ def export_run(
 
     if fmt == "gguf-lora":
         count = write_lora_gguf(adapter_dir, config, spec, output, outtype, name=name)
-        return ExportResult(output, None, count)
-    # The merged safetensors model is written next to the output so a full disk fails early, and
-    # removed afterwards: the GGUF is the product.
+        return ExportResult(output, None, count, run_commands(output, None, chat=False, base=str(base_source)))
+    # The merged safetensors model (and, for llama.cpp's quantizer, an f32 GGUF) is written next to
+    # the output so a full disk fails early, and removed afterwards: the GGUF is the product.
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".loratune-export-") as tmp:
         merged = merge_adapter(run, Path(tmp) / "merged", base=base)
-        count = write_gguf(merged, output, outtype, name=name)
-        text = modelfile_text(AutoTokenizer.from_pretrained(merged), output.name, meta, generation_settings(adapter_dir))
+        if outtype in QUANTIZED_OUTTYPES:
+            full = Path(tmp) / "model-f32.gguf"
+            count = write_gguf(merged, full, "f32", name=name)
+            quantize_gguf(full, Path(tmp) / "quantized.gguf", outtype)
+            (Path(tmp) / "quantized.gguf").replace(output)
+        else:
+            count = write_gguf(merged, output, outtype, name=name)
+        tokenizer = AutoTokenizer.from_pretrained(merged)
+        text = modelfile_text(tokenizer, output.name, meta, generation_settings(adapter_dir))
     modelfile = output.parent / "Modelfile"
     modelfile.write_text(text, encoding="utf-8")
-    return ExportResult(output, modelfile, count)
+    chat = meta.get("use_chat_template") is not False and bool(getattr(tokenizer, "chat_template", None))
+    return ExportResult(output, modelfile, count, run_commands(output, modelfile, chat=chat))
+
+
+def run_commands(path: Path, modelfile: Path | None, *, chat: bool, base: str = "") -> tuple[str, ...]:
+    """The shell lines that run an exported file: llama.cpp's llama-cli (greedy, as evaluation decodes)
+    and Ollama with the Modelfile; for an adapter, both on top of a GGUF of its base model."""
+    if modelfile is None:
+        return (f"llama.cpp: llama-cli -m BASE.gguf --lora {path} --temp 0   (BASE.gguf: a GGUF of {base})",
+                f"Ollama: a Modelfile with the lines `FROM BASE.gguf` and `ADAPTER {path.resolve()}`, "
+                "then ollama create NAME -f Modelfile")
+    # llama-cli chats when the GGUF has a chat template; a run trained on plain prompts completes text.
+    cli = f"llama-cli -m {path} --temp 0" + ("" if chat else ' -no-cnv -p "PROMPT"')
+    return (f"llama.cpp: {cli}",
+            f"Ollama: ollama create NAME -f {modelfile} && ollama run NAME")
 
 
 # --- tensors ------------------------------------------------------------------------------------
-
-
-def _permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
-    """Reorder each head's rows from HF's (i, i + d/2) rotary pairing to llama.cpp's (2i, 2i + 1)."""
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
 
 
 def _encode(data: np.ndarray, outtype: str) -> tuple[np.ndarray, Any]:
@@ -158,27 +150,9 @@ def _encode(data: np.ndarray, outtype: str) -> tuple[np.ndarray, Any]:
     return data.astype(np.float16), types.F16
 
 
-class _Names:
-    """HF tensor name -> (MODEL_TENSOR, llama.cpp name) through gguf-py's tables, and the q/k head counts."""
-
-    def __init__(self, spec: ArchSpec, config: Any) -> None:
-        self.arch = gguf.MODEL_ARCH[spec.gguf_arch]
-        self.table = gguf.get_tensor_name_map(self.arch, config.num_hidden_layers)
-        self.allowed = set(gguf.MODEL_TENSORS[self.arch])
-        self.heads = {gguf.MODEL_TENSOR.ATTN_Q: config.num_attention_heads,
-                      gguf.MODEL_TENSOR.ATTN_K: config.num_key_value_heads} if spec.permute_qk else {}
-
-    def lookup(self, hf_name: str) -> tuple[str, int | None]:
-        """(llama.cpp name, heads to permute rows by, or None)."""
-        found = self.table.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if found is None or found[0] not in self.allowed:
-            raise ExportError(f"tensor {hf_name!r} has no llama.cpp name in architecture "
-                              f"{gguf.MODEL_ARCH_NAMES[self.arch]}; cannot export it")
-        return found[1], self.heads.get(found[0])
-
-
 def write_gguf(model_dir: str | Path, output: str | Path, outtype: str = "f16", *, name: str | None = None) -> int:
-    """Convert a transformers model directory (a merged run, or any supported model) into one GGUF file.
+    """Convert a transformers model directory (a merged run, or any supported model) into one GGUF file
+    of type f32, f16 or q8_0 (`export_run` quantizes further with llama.cpp).
 
     Written to `<output>.partial` and renamed at the end, so a failed export leaves no half file.
     Returns the number of tensors written.
@@ -188,7 +162,8 @@ def write_gguf(model_dir: str | Path, output: str | Path, outtype: str = "f16", 
 
     model_dir, output = Path(model_dir), Path(output)
     config = AutoConfig.from_pretrained(model_dir)
-    names = _Names(arch_spec(config.model_type), config)
+    spec = arch_spec(config.model_type)
+    names = TensorNames(spec, config)
     tensors = {k: v for file in sorted(model_dir.glob("*.safetensors")) for k, v in load_file(str(file)).items()}
     file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}[outtype]
     count = 0
@@ -197,97 +172,17 @@ def write_gguf(model_dir: str | Path, output: str | Path, outtype: str = "f16", 
         writer.add_name(name or model_dir.name)
         writer.add_file_type(gguf.LlamaFileType[file_type])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _write_llama_hparams(writer, config)
-        _write_bpe_vocab(writer, model_dir, config.vocab_size)
+        spec.write_hparams(writer, config)
+        write_vocab(writer, model_dir, config.vocab_size)
         for hf_name, data in tensors.items():
             # Tied models share the embedding; llama.cpp (and transformers' reader) tie when output.weight is absent.
             if hf_name == "lm_head.weight" and config.tie_word_embeddings:
                 continue
-            gguf_name, heads = names.lookup(hf_name)
-            encoded, ggml_type = _encode(data if heads is None else _permute_qk(data, heads), outtype)
+            gguf_name, converted = names.convert(hf_name, data)
+            encoded, ggml_type = _encode(converted, outtype)
             writer.add_tensor(gguf_name, encoded, raw_dtype=ggml_type)
             count += 1
     return count
-
-
-def _write_llama_hparams(writer: Any, config: Any) -> None:
-    # Only plain RoPE: scaled variants (llama3, yarn) need keys and a rope_freqs tensor not written here.
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    if rope.get("rope_type", rope.get("type", "default")) != "default":
-        raise ExportError(f"rope type {rope.get('rope_type', rope.get('type'))!r} is not exported yet; "
-                          "only default RoPE is supported")
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(config.num_attention_heads)
-    writer.add_head_count_kv(config.num_key_value_heads)
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))))
-    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-
-
-# --- tokenizer ----------------------------------------------------------------------------------
-
-
-def _pre_tokenizer_name(tokenizer_json: dict[str, Any], where: Path) -> str:
-    """The llama.cpp `tokenizer.ggml.pre` that splits text as this byte-level BPE does, or an ExportError."""
-    model = tokenizer_json.get("model", {})
-    pre = tokenizer_json.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
-    shape = []
-    for step in steps:
-        if step.get("type") == "ByteLevel" and step.get("use_regex", True) and not step.get("add_prefix_space"):
-            shape.append("ByteLevel")
-        elif step.get("type") == "Digits" and step.get("individual_digits"):
-            shape.append("Digits(individual)")
-        else:
-            shape.append(json.dumps(step, sort_keys=True))
-    name = BYTE_LEVEL_PRE_TOKENIZERS.get(tuple(shape))
-    if model.get("type") != "BPE" or tokenizer_json.get("normalizer") or name is None:
-        raise ExportError(
-            f"{where}: only byte-level BPE tokenizers (GPT-2 style, as SmolLM2's) are exported to GGUF yet; "
-            f"this one has model {model.get('type')!r} and pre-tokenizer {' + '.join(shape) or 'none'}"
-        )
-    return name
-
-
-def _write_bpe_vocab(writer: Any, model_dir: Path, vocab_size: int) -> None:
-    """Tokens, types, merges, special ids and chat template, as llama.cpp's `_set_vocab_gpt2` writes them."""
-    from transformers import AutoTokenizer
-
-    pre = _pre_tokenizer_name(json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8")), model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    by_id = {index: token for token, index in tokenizer.get_vocab().items()}
-    added = tokenizer.added_tokens_decoder
-    tokens: list[str] = []
-    types: list[int] = []
-    for index in range(vocab_size):
-        if index not in by_id:  # embedding rows past the tokenizer (padding) must still be named
-            tokens.append(f"[PAD{index}]")
-            types.append(gguf.TokenType.UNUSED)
-        elif index in added:
-            tokens.append(by_id[index])
-            types.append(gguf.TokenType.CONTROL if added[index].special else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(by_id[index])
-            types.append(gguf.TokenType.NORMAL)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
-    if not special.merges:  # llama.cpp refuses a gpt2 vocabulary without tokenizer.ggml.merges
-        raise ExportError(f"{model_dir}/tokenizer.json: a BPE tokenizer without merges cannot be exported to GGUF")
-    # Whether a BOS is prepended is what transformers does when encoding, not what a config claims.
-    ids = tokenizer("a")["input_ids"]
-    special.add_special_token["bos"] = tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id
-    special.add_special_token["eos"] = tokenizer.eos_token_id is not None and ids[-1] == tokenizer.eos_token_id
-    special.add_to_gguf(writer, quiet=True)
 
 
 # --- adapter alone ------------------------------------------------------------------------------
@@ -311,7 +206,7 @@ def write_lora_gguf(
             f"{adapter_dir}: llama.cpp's LoRA format cannot express {', '.join(unsupported)}; "
             "use --format gguf to export the merged model instead"
         )
-    names = _Names(spec, config)
+    names = TensorNames(spec, config)
     weights = load_file(str(adapter_dir / "adapter_model.safetensors"))
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for key, value in weights.items():
@@ -327,7 +222,7 @@ def write_lora_gguf(
         writer.add_name(name)
         for base_name, pair in sorted(pairs.items()):
             gguf_name, heads = names.lookup(base_name)
-            lora_b = pair["lora_B"] if heads is None else _permute_qk(pair["lora_B"], heads)
+            lora_b = pair["lora_B"] if heads is None else permute_qk(pair["lora_B"], heads)
             for suffix, data in ((".lora_a", pair["lora_A"]), (".lora_b", lora_b)):
                 encoded, ggml_type = _encode(data, outtype)
                 writer.add_tensor(gguf_name + suffix, encoded, raw_dtype=ggml_type)

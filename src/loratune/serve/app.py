@@ -60,7 +60,7 @@ def create_app(registry: ModelRegistry, settings: ServeSettings | None = None) -
     return app
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
     """Fail in a second with a clear message, before loading any model, if the port is taken."""
     try:
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
@@ -77,7 +77,7 @@ def run_server(base: str | None, adapters: list[str], host: str = "127.0.0.1", p
     for root in roots:
         if not root.is_dir():
             raise ServeError(f"--adapter-root {root}: no such folder")
-    _check_port(host, port)
+    check_port(host, port)
     registry = open_registry(base, adapters)
     app = create_app(registry, ServeSettings(api_key=api_key or None, cors=cors, adapter_roots=roots))
     if host not in ("127.0.0.1", "localhost", "::1") and not api_key:

@@ -12,7 +12,9 @@ Per row:
   gold's result (`compare.py`), and the gold returns rows on at least one of them, so an
   empty-on-empty agreement proves nothing;
 - `exec_match_real_db`: the same comparison on the row's real database (`db_dir/db_id/db_id.sqlite`,
-  copied into memory read-only); None when the row has no database.
+  copied into memory read-only); None when the row has no database;
+- `evidence`: the first rows and row counts of the prediction and the gold on one of those
+  databases (`evidence.py` says which), so a reader can see why a verdict is what it is.
 The gold is trusted: columns it uses that the context lacks (sql-create-context's contexts
 are incomplete views of Spider's schemas) are added to the synthesized schema.
 Whatever a prediction holds, judging it ends in a verdict: a failure becomes the row's `error`.
@@ -30,6 +32,7 @@ from pathlib import Path
 from loratune.errors import SqlError
 from loratune.sql.analyze import QueryFacts, analyze_query
 from loratune.sql.compare import results_match
+from loratune.sql.evidence import MAX_ERROR_CHARS, REAL, SCHEMA, Evidence, not_run, preferred, query_evidence
 from loratune.sql.execute import QueryResult, memory_database, read_only_copy, run_query
 from loratune.sql.normalize import normalized_sql
 from loratune.sql.ordering import TieQuery, has_top_level_order, tie_query
@@ -53,9 +56,16 @@ class SqlRecord:
     """Why the prediction is invalid or did not run to the end (None when it ran cleanly)."""
     gold_error: str | None = None
     """Why the gold could not be judged on some database (a broken gold, a missing column)."""
+    evidence: Evidence | None = field(default=None, compare=False, repr=False)
+    """What the prediction and the gold returned on one database (`evidence.py`); not in `as_dict`."""
+
+    def keep_evidence(self, evidence: Evidence) -> None:
+        if preferred(evidence, self.evidence):
+            self.evidence = evidence
 
     def as_dict(self) -> dict:
         out = asdict(self)
+        del out["evidence"]
         if self.exec_match_real_db is None:
             del out["exec_match_real_db"]
         return out
@@ -135,8 +145,6 @@ ROW_TIMEOUT_FACTOR = 10
 """A row may spend this many query time limits in all: each of its up to 3 x num_dbs databases
 runs the gold and the prediction, and a prediction that takes just under the limit on each
 must not hold the evaluation for minutes."""
-MAX_ERROR_CHARS = 500
-"""Errors are cut to this length: a message may quote the query, and a query may be 20,000 characters."""
 
 
 class _OutOfTime(Exception):
@@ -255,6 +263,8 @@ class _Judge:
             text = getattr(record, name)
             if text is not None and len(text) > MAX_ERROR_CHARS:
                 setattr(record, name, text[: MAX_ERROR_CHARS - 3] + "...")
+        if record.evidence is None:
+            record.evidence = not_run(record.error)
         return record
 
     def judge(self, gold_text: str, pred_text: str, context: str, real: sqlite3.Connection | None) -> SqlRecord:
@@ -265,6 +275,7 @@ class _Judge:
             return SqlRecord(False, False, False, real_verdict, error=pred.reason)
         checked = self.run(self.schema_db(context), pred.text)
         record = SqlRecord(checked.ok, False, False, real_verdict, error=checked.error)
+        record.keep_evidence(query_evidence(SCHEMA, checked, None, False))
         if checked.runaway:
             return record  # stopped once, not run again on every database
         if not isinstance(gold.parsed, ParsedQuery) or gold.schema is None or gold.facts is None:
@@ -316,7 +327,7 @@ class _Judge:
                 gold_rows_seen = gold_rows_seen or bool(gold_result.rows)
                 if _informative(gold_result.rows) and not self._tied_at_limit(conn, gold):
                     decisive += 1
-                if not self._matches(conn, gold, gold_result, pred, record):
+                if not self._matches(conn, gold, gold_result, pred, record, f"synthesized {index}"):
                     return False
             finally:
                 conn.close()
@@ -338,12 +349,19 @@ class _Judge:
         if not gold_result.ok:
             record.gold_error = f"gold failed on the real database: {gold_result.error}"
             return False
-        return self._matches(conn, gold, gold_result, pred, record)
+        return self._matches(conn, gold, gold_result, pred, record, REAL)
 
-    def _matches(
-        self, conn: sqlite3.Connection, gold: _Gold, gold_result: QueryResult, pred: ParsedQuery, record: SqlRecord
-    ) -> bool:
+    def _matches(self, conn: sqlite3.Connection, gold: _Gold, gold_result: QueryResult, pred: ParsedQuery,
+                 record: SqlRecord, database: str) -> bool:
+        """Run the prediction on `conn` and compare it with the gold's result there; the record
+        keeps the run as its evidence when it is the one to show."""
         pred_result = self.run(conn, pred.text)
+        match = self._same_answer(conn, gold, gold_result, pred_result, record)
+        record.keep_evidence(query_evidence(database, pred_result, gold_result, match))
+        return match
+
+    def _same_answer(self, conn: sqlite3.Connection, gold: _Gold, gold_result: QueryResult, pred_result: QueryResult,
+                     record: SqlRecord) -> bool:
         if not pred_result.ok:
             if pred_result.runaway:  # stopped by a limit: invalid, whatever it did on the schema
                 record.valid, record.error = False, pred_result.error
