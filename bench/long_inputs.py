@@ -154,7 +154,6 @@ def fixed_mmap_threshold() -> None:
 
 
 def main() -> None:
-    fixed_mmap_threshold()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "ectsum-cpu-15min.yaml"))
     parser.add_argument("--lengths", default="512,1024,2048,4096")
@@ -164,6 +163,7 @@ def main() -> None:
     parser.add_argument("--compile", default="false", choices=["auto", "true", "false"])
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args()
+    fixed_mmap_threshold()  # after parsing: a bad option or --help fails before the re-execution
     unknown = set(args.recipes.split(",")) - {"plain_hf", "loratune"}
     if unknown:
         parser.error(f"--recipes: unknown {', '.join(sorted(unknown))} (known: plain_hf, loratune)")
